@@ -1,0 +1,591 @@
+//! The client subcommands: runs, runbooks, schedules, cluster.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use baton_core::run::{Run, StepState};
+use baton_core::{Document, parse_document};
+use baton_proto::run_from_pb;
+use baton_proto::v1 as pb;
+use clap::Subcommand;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::daemon::{endpoint, parse_kv};
+use crate::render::{elapsed, span, table, time};
+use crate::{ClientOpts, EXIT_RUN_FAILED, OutputFormat};
+
+/// `baton run ...`
+#[derive(Subcommand, Debug)]
+pub enum RunCommand {
+    /// Start a run of a runbook.
+    Start {
+        /// Runbook name.
+        runbook: String,
+        /// A param, KEY=VALUE (repeatable).
+        #[arg(short = 'p', long = "param", value_parser = parse_kv)]
+        params: Vec<(String, String)>,
+        /// A retried request with the same key returns the first run instead of starting another.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow the run to its end; exit non-zero unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// List runs, newest first.
+    List {
+        /// Only runs of this runbook.
+        #[arg(long)]
+        runbook: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show one run: state, steps, attempts, outputs.
+    Show {
+        /// Run id.
+        id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Print a run's output; with -f, follow it until the run ends.
+    Logs {
+        /// Run id.
+        id: String,
+        /// Follow new output until the run ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Cancel a run: pending steps never start, running ones are stopped.
+    Cancel {
+        /// Run id.
+        id: String,
+        /// Why (recorded with the run).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// `baton runbook ...`
+#[derive(Subcommand, Debug)]
+pub enum RunbookCommand {
+    /// List runbooks.
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show a runbook: params, steps and source.
+    Show {
+        /// Runbook name.
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Apply runbook or schedule documents (YAML).
+    Apply {
+        /// Files to apply (repeatable).
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Check documents locally, without a server.
+    Lint {
+        /// Files to check.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the runbook and schedule formats.
+    Schema,
+}
+
+/// `baton schedule ...`
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// List schedules with their next and last ticks.
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// `baton cluster ...`
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show the node's Raft status and connected workers.
+    Status {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+async fn channel(opts: &ClientOpts) -> anyhow::Result<Channel> {
+    let addr = endpoint(&opts.addr);
+    Channel::from_shared(addr.clone())
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the server at {addr} (is `baton dev` running? set --addr or BATON_ADDR)"))
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `baton run ...`
+pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RunCommand::Start { runbook, params, idempotency_key, wait, opts } => {
+            let ch = channel(&opts).await?;
+            let mut client = pb::run_service_client::RunServiceClient::new(ch.clone());
+            let resp = client
+                .start(pb::StartRunRequest {
+                    runbook,
+                    params: params.into_iter().collect(),
+                    idempotency_key: idempotency_key.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let run = run_from_pb(resp.run.context("the server returned no run")?)?;
+            if !wait {
+                if opts.output == OutputFormat::Json {
+                    print_json(&run)?;
+                } else {
+                    let note = if resp.deduplicated { " (existing run for this idempotency key)" } else { "" };
+                    println!("{}{note}", run.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if opts.output == OutputFormat::Table {
+                let note = if resp.deduplicated { ", existing run for this idempotency key" } else { "" };
+                println!("run {} of {} (version {}{note})", run.id, run.runbook, run.version);
+            }
+            let run = follow(&mut client, run, opts.output).await?;
+            finish(&run, opts.output)
+        }
+        RunCommand::List { runbook, limit, opts } => {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+            let resp = client
+                .list(pb::ListRunsRequest { runbook: runbook.unwrap_or_default(), limit })
+                .await?
+                .into_inner();
+            let runs = resp.runs.into_iter().map(run_from_pb).collect::<Result<Vec<_>, _>>()?;
+            if opts.output == OutputFormat::Json {
+                print_json(&runs)?;
+            } else {
+                let rows: Vec<Vec<String>> = runs
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.runbook.clone(),
+                            r.state.as_str().into(),
+                            trigger_text(r),
+                            time(r.created_at_ms),
+                            elapsed(r.started_at_ms, r.finished_at_ms),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["ID", "RUNBOOK", "STATE", "TRIGGER", "CREATED", "DURATION"], &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Show { id, opts } => {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+            let run = run_from_pb(client.get(pb::GetRunRequest { id }).await?.into_inner())?;
+            if opts.output == OutputFormat::Json {
+                print_json(&run)?;
+            } else {
+                print!("{}", describe(&run));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Logs { id, follow, opts } => {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+            let mut stream = client.logs(pb::LogsRequest { run_id: id, follow, after_seq: 0 }).await?.into_inner();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if opts.output == OutputFormat::Json {
+                    let line = serde_json::json!({
+                        "seq": chunk.seq,
+                        "step": chunk.step_id,
+                        "attempt": chunk.attempt_id,
+                        "stream": if chunk.stream == pb::Stream::Stderr as i32 { "stderr" } else { "stdout" },
+                        "data": String::from_utf8_lossy(&chunk.data),
+                        "at_ms": chunk.at_ms,
+                    });
+                    println!("{line}");
+                } else if chunk.stream == pb::Stream::Stderr as i32 {
+                    std::io::stderr().write_all(&chunk.data)?;
+                } else {
+                    std::io::stdout().write_all(&chunk.data)?;
+                    std::io::stdout().flush()?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunCommand::Cancel { id, reason, opts } => {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+            let run = run_from_pb(client.cancel(pb::CancelRunRequest { id, reason }).await?.into_inner())?;
+            if opts.output == OutputFormat::Json {
+                print_json(&run)?;
+            } else if run.state.is_terminal() {
+                println!("run {} is {}", run.id, run.state.as_str());
+            } else {
+                println!("run {}: cancel requested; running steps are being stopped", run.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Watches a run to its end, printing each step's progress (tables only).
+async fn follow(
+    client: &mut pb::run_service_client::RunServiceClient<Channel>,
+    mut run: Run,
+    format: OutputFormat,
+) -> anyhow::Result<Run> {
+    let mut stream = client.watch(pb::WatchRunRequest { id: run.id.clone() }).await?.into_inner();
+    let mut shown: Vec<(StepState, usize)> = Vec::new();
+    while let Some(update) = stream.next().await {
+        run = run_from_pb(update?)?;
+        if format != OutputFormat::Table {
+            continue;
+        }
+        shown.resize(run.steps.len(), (StepState::Pending, 0));
+        for (i, step) in run.steps.iter().enumerate() {
+            let key = (step.state, step.attempts.len());
+            if shown[i] == key {
+                continue;
+            }
+            shown[i] = key;
+            let attempt = step.attempts.last();
+            match step.state {
+                StepState::Pending => {}
+                StepState::Running => {
+                    if let Some(a) = attempt {
+                        println!("  ▸ {:<20} running   attempt {} on worker {}", step.id, a.number, a.worker);
+                    }
+                }
+                state => {
+                    let mark = if state == StepState::Succeeded { "✓" } else { "✗" };
+                    let code = step.exit_code.map(|c| format!("exit {c}")).unwrap_or_default();
+                    let took = span(step.finished_at_ms - step.started_at_ms);
+                    println!("  {mark} {:<20} {:<9} {took:<8} {code}", step.id, state.as_str());
+                }
+            }
+        }
+    }
+    Ok(run)
+}
+
+/// Prints a finished run and picks the exit code.
+fn finish(run: &Run, format: OutputFormat) -> anyhow::Result<ExitCode> {
+    let ok = run.state == baton_core::run::RunState::Succeeded;
+    if format == OutputFormat::Json {
+        print_json(run)?;
+    } else {
+        println!();
+        for step in &run.steps {
+            if step.stdout_tail.is_empty() && step.outputs.is_empty() {
+                continue;
+            }
+            println!("── {} ──", step.id);
+            print!("{}", visible_output(&step.stdout_tail));
+            for (k, v) in &step.outputs {
+                println!("  output {k} = {v}");
+            }
+        }
+        let took = elapsed(run.created_at_ms, run.finished_at_ms);
+        println!("run {} {} in {took}", run.id, run.state.as_str());
+        if !ok {
+            if let Some(e) = &run.error {
+                println!("  {e}");
+            }
+            if let Some(step) = run.steps.iter().find(|s| !matches!(s.state, StepState::Succeeded | StepState::Pending)) {
+                if !step.stderr_tail.is_empty() {
+                    println!("── {} stderr (tail) ──", step.id);
+                    print!("{}", with_newline(&step.stderr_tail));
+                }
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_RUN_FAILED) })
+}
+
+/// Stdout without the `::set-output` lines (they are shown as outputs).
+fn visible_output(s: &str) -> String {
+    let text: Vec<&str> = s.lines().filter(|l| !l.starts_with("::set-output ")).collect();
+    if text.is_empty() { String::new() } else { format!("{}\n", text.join("\n")) }
+}
+
+fn with_newline(s: &str) -> String {
+    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
+
+fn trigger_text(r: &Run) -> String {
+    match &r.trigger {
+        baton_core::run::Trigger::Api => "api".into(),
+        baton_core::run::Trigger::Schedule { name, tick_ms } => format!("schedule {name} @{}", time(*tick_ms)),
+    }
+}
+
+fn describe(run: &Run) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("run:       {}\n", run.id));
+    out.push_str(&format!("runbook:   {} (version {})\n", run.runbook, run.version));
+    out.push_str(&format!("state:     {}\n", run.state.as_str()));
+    out.push_str(&format!("trigger:   {}\n", trigger_text(run)));
+    out.push_str(&format!("params:    {}\n", serde_json::to_string(&run.params).unwrap_or_default()));
+    out.push_str(&format!("created:   {}\n", time(run.created_at_ms)));
+    out.push_str(&format!("duration:  {}\n", elapsed(run.started_at_ms, run.finished_at_ms)));
+    if let Some(k) = &run.idempotency_key {
+        out.push_str(&format!("idempotency key: {k}\n"));
+    }
+    if run.missed_ticks > 0 {
+        out.push_str(&format!("missed ticks: {}\n", run.missed_ticks));
+    }
+    if let Some(e) = &run.error {
+        out.push_str(&format!("error:     {e}\n"));
+    }
+    let rows: Vec<Vec<String>> = run
+        .steps
+        .iter()
+        .map(|s| {
+            let a = s.attempts.last();
+            vec![
+                s.id.clone(),
+                s.state.as_str().into(),
+                s.attempts.len().to_string(),
+                a.map(|a| a.worker.clone()).unwrap_or_else(|| "-".into()),
+                s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                elapsed(s.started_at_ms, s.finished_at_ms),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(&["STEP", "STATE", "ATTEMPTS", "WORKER", "EXIT", "DURATION"], &rows));
+    for s in &run.steps {
+        for a in &s.attempts {
+            out.push_str(&format!(
+                "\n{} attempt {} (id {}, fence {}/{}): {} on {}{}",
+                s.id,
+                a.number,
+                a.id,
+                a.fence.term,
+                a.fence.index,
+                a.state.as_str(),
+                a.worker,
+                a.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default()
+            ));
+        }
+        for (k, v) in &s.outputs {
+            out.push_str(&format!("\n{} output {k} = {v}", s.id));
+        }
+        if !s.stderr_tail.is_empty() && s.state != StepState::Succeeded {
+            out.push_str(&format!("\n{} stderr (tail):\n{}", s.id, with_newline(&s.stderr_tail)));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// `baton runbook ...`
+pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RunbookCommand::List { opts } => {
+            let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
+            let list = client.list(pb::ListRunbooksRequest {}).await?.into_inner().runbooks;
+            if opts.output == OutputFormat::Json {
+                let v: Vec<_> = list.iter().map(runbook_json).collect();
+                print_json(&v)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| vec![r.name.clone(), r.version.clone(), r.step_ids.len().to_string(), r.description.clone()])
+                    .collect();
+                print!("{}", table(&["NAME", "VERSION", "STEPS", "DESCRIPTION"], &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Show { name, opts } => {
+            let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
+            let r = client.get(pb::GetRunbookRequest { name }).await?.into_inner();
+            if opts.output == OutputFormat::Json {
+                print_json(&runbook_json(&r))?;
+            } else {
+                println!("name:        {}", r.name);
+                println!("version:     {}", r.version);
+                println!("applied:     {}", time(r.applied_at_ms));
+                println!("description: {}", r.description);
+                println!("steps:       {}", r.step_ids.join(", "));
+                println!();
+                let rows: Vec<Vec<String>> = r
+                    .params
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.kind.clone(),
+                            if p.required { "yes".into() } else { "no".into() },
+                            if p.default_json.is_empty() { "-".into() } else { p.default_json.clone() },
+                            p.description.clone(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["PARAM", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], &rows));
+                println!();
+                print!("{}", with_newline(&r.source));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Apply { files, opts } => {
+            let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
+            let mut results = Vec::new();
+            for file in files {
+                let source = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                let resp = client
+                    .apply(pb::ApplyRequest { file_name: file.display().to_string(), source })
+                    .await
+                    .with_context(|| format!("applying {}", file.display()))?
+                    .into_inner();
+                if opts.output == OutputFormat::Table {
+                    let what = if resp.changed { "applied" } else { "unchanged" };
+                    let version = if resp.version.is_empty() { String::new() } else { format!(" version {}", resp.version) };
+                    println!("{} {} {what}{version}", resp.kind, resp.name);
+                }
+                results.push(serde_json::json!({
+                    "file": file.display().to_string(), "kind": resp.kind, "name": resp.name,
+                    "version": resp.version, "changed": resp.changed,
+                }));
+            }
+            if opts.output == OutputFormat::Json {
+                print_json(&results)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Lint { paths } => {
+            let mut failed = 0;
+            for path in &paths {
+                let name = path.display().to_string();
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("{name}: cannot read: {e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                match parse_document(&name, &text) {
+                    Ok(Document::Runbook(r)) => println!("ok  {name}: runbook {} ({} steps)", r.name, r.steps.len()),
+                    Ok(Document::Schedule(s)) => println!("ok  {name}: schedule {} ({} -> {})", s.name, s.cron, s.runbook),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} file(s) are invalid", paths.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Schema => {
+            print_json(&baton_core::runbook::json_schema())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runbook_json(r: &pb::Runbook) -> serde_json::Value {
+    serde_json::json!({
+        "name": r.name, "version": r.version, "description": r.description,
+        "steps": r.step_ids, "applied_at_ms": r.applied_at_ms, "source": r.source,
+        "params": r.params.iter().map(|p| serde_json::json!({
+            "name": p.name, "type": p.kind, "required": p.required,
+            "default": serde_json::from_str::<serde_json::Value>(&p.default_json).ok(),
+            "description": p.description,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `baton schedule ...`
+pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    let ScheduleCommand::List { opts } = cmd;
+    let mut client = pb::schedule_service_client::ScheduleServiceClient::new(channel(&opts).await?);
+    let list = client.list(pb::ListSchedulesRequest {}).await?.into_inner().schedules;
+    if opts.output == OutputFormat::Json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name, "runbook": s.runbook, "cron": s.cron, "timezone": s.timezone,
+                    "params": serde_json::from_str::<serde_json::Value>(&s.params_json).ok(),
+                    "next_fire_at_ms": s.next_fire_at_ms, "last_tick_ms": s.last_tick_ms,
+                    "runs_fired": s.runs_fired, "ticks_missed": s.ticks_missed, "description": s.description,
+                })
+            })
+            .collect();
+        print_json(&v)?;
+    } else {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.runbook.clone(),
+                    s.cron.clone(),
+                    s.timezone.clone(),
+                    time(s.next_fire_at_ms),
+                    time(s.last_tick_ms),
+                    s.runs_fired.to_string(),
+                    s.ticks_missed.to_string(),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["NAME", "RUNBOOK", "CRON", "TZ", "NEXT", "LAST", "FIRED", "MISSED"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton cluster ...`
+pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
+    let ClusterCommand::Status { opts } = cmd;
+    let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel(&opts).await?);
+    let s = client.status(pb::ClusterStatusRequest {}).await?.into_inner();
+    if opts.output == OutputFormat::Json {
+        print_json(&serde_json::json!({
+            "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
+            "commit_index": s.commit_index, "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
+            "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
+            "workers": s.workers.iter().map(|w| serde_json::json!({"id": w.id, "capacity": w.capacity, "running": w.running, "labels": w.labels})).collect::<Vec<_>>(),
+        }))?;
+    } else {
+        println!("node {} ({}), leader {}, term {}", s.node_id, s.role, s.leader_id, s.term);
+        println!("commit {}, applied {}, snapshot {}", s.commit_index, s.applied_index, s.snapshot_index);
+        println!("voters: {}", s.members.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", "));
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .workers
+            .iter()
+            .map(|w| {
+                let mut labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                labels.sort();
+                vec![w.id.clone(), format!("{}/{}", w.running, w.capacity), labels.join(","), time(w.connected_at_ms)]
+            })
+            .collect();
+        print!("{}", table(&["WORKER", "RUNNING", "LABELS", "CONNECTED"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,201 @@
+//! `baton dev`, `baton server` and `baton worker`: the long-running processes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use baton_core::{Document, parse_document};
+use baton_scheduler::server::{ServerConfig, start};
+use baton_worker::{WorkerConfig, run_worker};
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+/// `baton dev` options.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the node keeps its data (created if missing; reused on restart).
+    #[arg(long, default_value_os_t = crate::default_dev_dir())]
+    pub data_dir: PathBuf,
+    /// gRPC listen address (API and workers).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub grpc: SocketAddr,
+    /// HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub http: SocketAddr,
+    /// Runbook library applied at start (every *.yaml / *.yml file).
+    #[arg(long, default_value = "runbooks")]
+    pub runbooks: PathBuf,
+    /// Capacity of the embedded worker.
+    #[arg(long, default_value_t = 4)]
+    pub capacity: u32,
+    /// Seconds a worker has to reconnect after a (re)start before its attempts are lost.
+    #[arg(long, default_value_t = 5)]
+    pub worker_grace_secs: u64,
+}
+
+/// `baton server` options.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Raft node id (positive).
+    #[arg(long, default_value_t = 1)]
+    pub id: u64,
+    /// Where the node keeps its data.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub grpc: SocketAddr,
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub http: SocketAddr,
+    /// Snapshot the state machine after this many applied entries.
+    #[arg(long, default_value_t = 2000)]
+    pub snapshot_every: u64,
+    /// Seconds a worker has to reconnect after a leader change before its attempts are lost.
+    #[arg(long, default_value_t = 10)]
+    pub worker_grace_secs: u64,
+}
+
+/// `baton worker` options.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Scheduler addresses, comma-separated.
+    #[arg(long, env = "BATON_ADDR", value_delimiter = ',', default_value = "127.0.0.1:7400")]
+    pub server: Vec<String>,
+    /// Worker id (default: the host name). Keep it stable across restarts.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A label, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Attempts run at once.
+    #[arg(long, default_value_t = 4)]
+    pub capacity: u32,
+}
+
+/// Parses `KEY=VALUE`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Adds `http://` when an address has no scheme.
+pub fn endpoint(addr: &str) -> String {
+    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Applies every document of the runbook library: runbooks first, then schedules.
+async fn apply_library(api: &baton_scheduler::api::Api, dir: &Path) -> anyhow::Result<usize> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the runbook library {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.display().to_string();
+        let is_schedule = matches!(parse_document(&name, &text), Ok(Document::Schedule(_)));
+        docs.push((is_schedule, name, text));
+    }
+    docs.sort_by_key(|(is_schedule, _, _)| *is_schedule);
+    for (_, name, text) in &docs {
+        let r = api.apply_document(name, text).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        tracing::info!(kind = r.kind, name = r.name, changed = r.changed, "applied {name}");
+    }
+    Ok(docs.len())
+}
+
+/// `baton dev`.
+pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let mut config = ServerConfig::new(args.data_dir.clone());
+    config.grpc_addr = args.grpc;
+    config.http_addr = args.http;
+    config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
+    let server = start(config).await?;
+    let applied = if args.runbooks.is_dir() {
+        apply_library(&server.api, &args.runbooks).await?
+    } else {
+        tracing::warn!("runbook library {} not found; starting without it", args.runbooks.display());
+        0
+    };
+    let shutdown = CancellationToken::new();
+    let mut worker_config = WorkerConfig::new("dev", vec![format!("http://{}", server.grpc_addr)]);
+    worker_config.capacity = args.capacity;
+    worker_config.labels = BTreeMap::from([("mode".to_string(), "dev".to_string())]);
+    let worker = tokio::spawn(run_worker(worker_config, shutdown.clone()));
+    let addr = server.grpc_addr;
+    println!("Baton dev is running: a single-node cluster, an embedded worker and {applied} runbook file(s).");
+    println!("  data:    {}", args.data_dir.display());
+    println!("  gRPC:    {addr}   (API, workers)");
+    println!("  HTTP:    http://{}   (/healthz /readyz /metrics)", server.http_addr);
+    println!();
+    println!("Try, in another shell:");
+    let flag = if addr.port() == 7400 { String::new() } else { format!(" --addr {addr}") };
+    println!("  baton runbook list{flag}");
+    println!("  baton run start hello-world -p name=Ada --wait{flag}");
+    println!("  baton run list{flag}");
+    println!();
+    println!("Stop with Ctrl-C; state survives restarts in {}.", args.data_dir.display());
+    wait_for_signal().await?;
+    println!("stopping");
+    shutdown.cancel();
+    let _ = worker.await;
+    server.stop().await;
+    Ok(())
+}
+
+/// `baton server`.
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.id == 0 {
+        bail!("--id must be positive");
+    }
+    let mut config = ServerConfig::new(args.data_dir);
+    config.id = args.id;
+    config.grpc_addr = args.grpc;
+    config.http_addr = args.http;
+    config.snapshot_every = args.snapshot_every.max(1);
+    config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
+    let server = start(config).await?;
+    println!("baton server {} listening: gRPC {} HTTP http://{}", args.id, server.grpc_addr, server.http_addr);
+    wait_for_signal().await?;
+    server.stop().await;
+    Ok(())
+}
+
+/// `baton worker`.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let id = match args.id {
+        Some(id) => id,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".into()),
+    };
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    let mut config = WorkerConfig::new(id, args.server.iter().map(|s| endpoint(s)).collect());
+    config.capacity = args.capacity;
+    config.labels = args.labels.into_iter().collect();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_worker(config, shutdown.clone()));
+    wait_for_signal().await?;
+    shutdown.cancel();
+    task.await??;
+    Ok(())
+}

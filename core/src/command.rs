@@ -1,0 +1,162 @@
+//! The replicated command: every change to Baton's state is one of these, committed to the
+//! Raft log before it has any effect outside the cluster.
+//!
+//! Commands carry everything apply needs, stamped by the leader when it proposes them: the
+//! time (`at_ms`), run ids, rendered step inputs. Apply itself never reads a clock, draws a
+//! random number or does I/O, so every node that applies the same log reaches the same state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::AttemptState;
+use crate::{Runbook, Schedule};
+
+/// One entry's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Leader wall-clock time when it proposed the command (unix ms).
+    pub at_ms: i64,
+    /// What to change.
+    pub op: Op,
+}
+
+/// The changes the state machine knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Store a validated runbook; a changed source becomes a new immutable version.
+    ApplyRunbook {
+        /// The validated runbook.
+        runbook: Runbook,
+    },
+    /// Create or replace a schedule. Its next tick is computed from `at_ms`.
+    ApplySchedule {
+        /// The validated schedule.
+        schedule: Schedule,
+    },
+    /// Start a run of the runbook's current version.
+    StartRun {
+        /// Leader-stamped run id.
+        run_id: String,
+        /// Runbook name.
+        runbook: String,
+        /// Params as given; apply resolves them again against the pinned version.
+        params: BTreeMap<String, serde_json::Value>,
+        /// Deduplicates retried requests: a second start with the same key is ignored.
+        idempotency_key: Option<String>,
+    },
+    /// A schedule's tick fires: exactly one run, with an id derived from (schedule, tick).
+    Fire {
+        /// Schedule name.
+        schedule: String,
+        /// The tick being fired; must equal the schedule's replicated `next_fire_at_ms`.
+        tick_ms: i64,
+    },
+    /// Ticks that could not fire in time (the cluster was down): one visible `missed` record.
+    RecordMissed {
+        /// Schedule name.
+        schedule: String,
+        /// First missed tick; must equal the schedule's replicated `next_fire_at_ms`.
+        first_tick_ms: i64,
+        /// Last missed tick.
+        last_tick_ms: i64,
+        /// How many ticks the record stands for.
+        count: u64,
+    },
+    /// Assign the next attempt of a step to a worker. The entry's (term, index) is the
+    /// attempt's fencing token and its index is the attempt id.
+    Assign {
+        /// Run id.
+        run_id: String,
+        /// Step id.
+        step_id: String,
+        /// Chosen worker.
+        worker: String,
+        /// Rendered argv.
+        argv: Vec<String>,
+        /// Rendered environment.
+        env: BTreeMap<String, String>,
+        /// Rendered working directory.
+        workdir: Option<String>,
+        /// Step timeout.
+        timeout_ms: Option<u64>,
+    },
+    /// A step's inputs could not be rendered: the step fails without an attempt.
+    RenderFailed {
+        /// Run id.
+        run_id: String,
+        /// Step id.
+        step_id: String,
+        /// The template error.
+        error: String,
+    },
+    /// The worker reported that the attempt's process started.
+    AttemptStarted {
+        /// Attempt id.
+        attempt_id: u64,
+    },
+    /// The worker reported the attempt's outcome.
+    AttemptFinished {
+        /// Attempt id.
+        attempt_id: u64,
+        /// Terminal state (succeeded, failed, timed_out, cancelled).
+        state: AttemptState,
+        /// Exit code when the process exited.
+        exit_code: Option<i32>,
+        /// Bounded stdout tail.
+        stdout_tail: String,
+        /// Bounded stderr tail.
+        stderr_tail: String,
+        /// Named outputs.
+        outputs: BTreeMap<String, String>,
+        /// Failure reason.
+        error: Option<String>,
+    },
+    /// The attempt's worker is gone or says it is not running it: the outcome is unknown.
+    AttemptLost {
+        /// Attempt id.
+        attempt_id: u64,
+        /// Why it is considered lost.
+        reason: String,
+    },
+    /// Cancel a run: pending steps never start; running attempts are asked to stop.
+    CancelRun {
+        /// Run id.
+        run_id: String,
+        /// Operator's reason.
+        reason: String,
+    },
+}
+
+impl Op {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::ApplyRunbook { .. } => "apply_runbook",
+            Op::ApplySchedule { .. } => "apply_schedule",
+            Op::StartRun { .. } => "start_run",
+            Op::Fire { .. } => "fire",
+            Op::RecordMissed { .. } => "record_missed",
+            Op::Assign { .. } => "assign",
+            Op::RenderFailed { .. } => "render_failed",
+            Op::AttemptStarted { .. } => "attempt_started",
+            Op::AttemptFinished { .. } => "attempt_finished",
+            Op::AttemptLost { .. } => "attempt_lost",
+            Op::CancelRun { .. } => "cancel_run",
+        }
+    }
+}
+
+impl Command {
+    /// Encodes the command as an entry payload.
+    pub fn encode(&self) -> Vec<u8> {
+        // A Command holds only strings, numbers, maps and JSON values: serialization cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes an entry payload.
+    pub fn decode(data: &[u8]) -> Result<Command, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+}

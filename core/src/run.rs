@@ -1,0 +1,281 @@
+//! Runs, steps and attempts: the records the state machine keeps and the API shows.
+//!
+//! A run executes the steps of one pinned runbook version in order. Each step is carried out
+//! by one or more attempts; an attempt is committed (with its fencing token) before any worker
+//! hears of it, so an attempt starts at most once. Retries are new attempts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run is in its life. Terminal states never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, no step started yet.
+    Pending,
+    /// At least one step started and the run has not ended.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed (or could not be rendered); later steps did not run.
+    Failed,
+    /// Cancelled by an operator.
+    Cancelled,
+    /// An attempt's outcome is unknown (its worker was lost) and the step is not idempotent:
+    /// an operator decides.
+    NeedsAttention,
+    /// A record of schedule ticks that could not fire in time; nothing ran.
+    Missed,
+}
+
+impl RunState {
+    /// True for states that never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Missed
+        )
+    }
+
+    /// The lowercase name used by the CLI and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+            RunState::NeedsAttention => "needs_attention",
+            RunState::Missed => "missed",
+        }
+    }
+}
+
+/// Where a step is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not started.
+    Pending,
+    /// An attempt is assigned or running.
+    Running,
+    /// The last attempt exited 0.
+    Succeeded,
+    /// The last attempt failed, timed out, or the step's inputs could not be rendered.
+    Failed,
+    /// Cancelled before or while running.
+    Cancelled,
+    /// The worker running the last attempt was lost; its outcome is unknown.
+    Lost,
+}
+
+impl StepState {
+    /// The lowercase name used by the CLI, the docs and templates (`steps.<id>.status`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Cancelled => "cancelled",
+            StepState::Lost => "lost",
+        }
+    }
+}
+
+/// Where an attempt is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Committed and sent (or about to be sent) to its worker.
+    Assigned,
+    /// The worker reported that the process started.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed by a signal, or could not be spawned.
+    Failed,
+    /// Killed after its timeout.
+    TimedOut,
+    /// Killed because the run was cancelled.
+    Cancelled,
+    /// Its worker was lost while it was assigned or running; the outcome is unknown.
+    Lost,
+}
+
+impl AttemptState {
+    /// True once the attempt has an outcome (or is known to have none).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AttemptState::Assigned | AttemptState::Running)
+    }
+
+    /// The lowercase name used by the CLI and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Assigned => "assigned",
+            AttemptState::Running => "running",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::TimedOut => "timed_out",
+            AttemptState::Cancelled => "cancelled",
+            AttemptState::Lost => "lost",
+        }
+    }
+}
+
+/// Fencing token of an attempt: the Raft term and log index of the entry that assigned it.
+/// Tokens order assignments; a worker refuses one fenced below what it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Fence {
+    /// Raft term of the assigning entry.
+    pub term: u64,
+    /// Raft log index of the assigning entry.
+    pub index: u64,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    /// `RunService.Start` (the CLI, scripts).
+    Api,
+    /// A schedule's tick.
+    Schedule {
+        /// Schedule name.
+        name: String,
+        /// The tick (unix ms) this run was fired for.
+        tick_ms: i64,
+    },
+}
+
+impl Trigger {
+    /// "api" or "schedule".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Schedule { .. } => "schedule",
+        }
+    }
+}
+
+/// One attempt at a step on one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Cluster-wide attempt id, increasing with every assignment.
+    pub id: u64,
+    /// 1 for the first attempt of a step, 2 for its first retry, ...
+    pub number: u32,
+    /// Worker the attempt was assigned to.
+    pub worker: String,
+    /// Fencing token of the assignment.
+    pub fence: Fence,
+    /// Current state.
+    pub state: AttemptState,
+    /// When the assignment was committed (leader time).
+    pub assigned_at_ms: i64,
+    /// When the worker reported the process started (0 if not yet).
+    pub started_at_ms: i64,
+    /// When the outcome was committed (0 if not yet).
+    pub finished_at_ms: i64,
+    /// Process exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it failed, timed out, was cancelled or lost.
+    pub error: Option<String>,
+    /// The rendered argv it ran.
+    pub argv: Vec<String>,
+}
+
+/// A step within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRun {
+    /// Step id from the runbook.
+    pub id: String,
+    /// Current state.
+    pub state: StepState,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Named outputs of the successful attempt (`::set-output NAME=VALUE`).
+    pub outputs: BTreeMap<String, String>,
+    /// Exit code of the last finished attempt.
+    pub exit_code: Option<i32>,
+    /// Bounded tail of the last attempt's stdout.
+    pub stdout_tail: String,
+    /// Bounded tail of the last attempt's stderr.
+    pub stderr_tail: String,
+    /// Why the step failed.
+    pub error: Option<String>,
+    /// When the first attempt was assigned (0 if not yet).
+    pub started_at_ms: i64,
+    /// When the step reached its final state (0 if not yet).
+    pub finished_at_ms: i64,
+}
+
+impl StepRun {
+    /// A step that has not started.
+    pub fn pending(id: &str) -> StepRun {
+        StepRun {
+            id: id.to_string(),
+            state: StepState::Pending,
+            attempts: Vec::new(),
+            outputs: BTreeMap::new(),
+            exit_code: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            error: None,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+        }
+    }
+
+    /// The attempt that is assigned or running, if any.
+    pub fn active_attempt(&self) -> Option<&Attempt> {
+        self.attempts.iter().rev().find(|a| !a.state.is_terminal())
+    }
+}
+
+/// A run of one runbook version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    /// Run id. API runs: `r-<hex>` stamped by the leader; scheduled runs: derived from
+    /// (schedule, tick) so a tick can never make two runs.
+    pub id: String,
+    /// Runbook name.
+    pub runbook: String,
+    /// The runbook version this run is pinned to.
+    pub version: String,
+    /// Resolved, typed params.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Current state.
+    pub state: RunState,
+    /// The steps, in runbook order.
+    pub steps: Vec<StepRun>,
+    /// When the run was committed (leader time).
+    pub created_at_ms: i64,
+    /// When its first step was assigned (0 if not yet).
+    pub started_at_ms: i64,
+    /// When it reached a terminal state (0 if not yet).
+    pub finished_at_ms: i64,
+    /// Why it failed, was cancelled or needs attention.
+    pub error: Option<String>,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// For a `missed` record: how many ticks it stands for.
+    pub missed_ticks: u64,
+    /// An operator asked to cancel; running attempts are being stopped.
+    pub cancel_requested: bool,
+}
+
+impl Run {
+    /// The run id of a schedule's tick. Deterministic, so a tick fired twice maps to one run.
+    pub fn scheduled_id(schedule: &str, tick_ms: i64) -> String {
+        format!("s-{schedule}-{tick_ms}")
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&StepRun> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+}

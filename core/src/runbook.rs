@@ -1,0 +1,845 @@
+//! Runbooks: the validated domain type, its YAML parser and the diagnostics it reports.
+//!
+//! Parsing has two stages. serde reads the text into the file structs of [`file`] (unknown keys
+//! and wrong YAML types stop it there); validation then checks everything that spans fields and
+//! builds a [`Runbook`]. Validation collects every problem instead of stopping at the first, so
+//! one `baton runbook apply` shows the whole list.
+//!
+//! Every [`Diagnostic`] names the file, the 1-based line and column and the field path
+//! (`steps[1].with.command`). serde-saphyr reports positions but not paths, and validated values
+//! have neither, so both are looked up in a [`source_map::SourceMap`] built from the same text.
+//!
+//! A runbook is immutable once parsed: its `version` is a hash of its source text, and runs are
+//! pinned to a version.
+
+mod file;
+mod params;
+pub(crate) mod source_map;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::duration::parse_duration;
+use crate::schedule::Schedule;
+use crate::template::{self, RUN_CONTEXT_FIELDS, STEP_CONTEXT_FIELDS};
+pub use params::{ParamError, ParamKind, ParamSpec};
+
+use file::{ActionType, Argv, ExecWithFile, ParamFile, ParamType, RunbookFile, StepFile};
+use source_map::{Pos, SourceMap, join_key};
+
+/// A validated runbook, as stored in the replicated state and pinned by runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runbook {
+    /// Unique name, `^[a-z0-9][a-z0-9-]{0,62}$`.
+    pub name: String,
+    /// What the runbook does; may be empty.
+    pub description: String,
+    /// Declared parameters, in the order they were written.
+    pub params: Vec<ParamSpec>,
+    /// Steps, in run order; never empty, ids unique.
+    pub steps: Vec<Step>,
+    /// Content hash: the first 16 hex characters of the SHA-256 of `source`.
+    pub version: String,
+    /// The YAML text this runbook was parsed from.
+    pub source: String,
+}
+
+/// One step of a runbook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unique id within the runbook, `^[a-z0-9][a-z0-9_-]{0,62}$`.
+    pub id: String,
+    /// What the step does.
+    pub action: Action,
+    /// Limit on one attempt, in milliseconds; the worker's default when absent.
+    pub timeout_ms: Option<u64>,
+    /// Whether running the step twice is as safe as running it once.
+    pub idempotent: bool,
+}
+
+/// The actions a step can run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", content = "with", rename_all = "snake_case")]
+pub enum Action {
+    /// Run a program with an argv list.
+    Exec(ExecAction),
+}
+
+/// Inputs of the `exec` action, still as templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecAction {
+    /// Program and arguments; each element is one template that renders to one argument.
+    pub command: Vec<String>,
+    /// Extra environment variables; values are templates.
+    pub env: BTreeMap<String, String>,
+    /// Working directory template, if set.
+    pub workdir: Option<String>,
+}
+
+/// A parsed document: runbook files and schedule files share one loader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Document {
+    /// A runbook document.
+    Runbook(Runbook),
+    /// A schedule document (it has a top-level `schedule:` key).
+    Schedule(Schedule),
+}
+
+/// One problem in a document, located precisely enough to jump to it in an editor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// The file name as given to the parser.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// Field path such as `steps[1].with.command`; empty for the document itself.
+    pub field: String,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A document that could not be loaded: one or more diagnostics, in document order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct RunbookError {
+    /// The problems found; never empty.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for RunbookError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, diagnostic) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a runbook or a schedule; a top-level `schedule:` key makes it a schedule.
+pub fn parse_document(file: &str, text: &str) -> Result<Document, RunbookError> {
+    let map = index(file, text)?;
+    if map.contains("schedule") {
+        Schedule::from_source(file, text, &map).map(Document::Schedule)
+    } else {
+        Runbook::from_source(file, text, &map).map(Document::Runbook)
+    }
+}
+
+/// The JSON Schema of runbook and schedule documents (either one), for editors and for
+/// `baton runbook schema`. Titles and descriptions come from the file structs' doc comments.
+pub fn json_schema() -> serde_json::Value {
+    let settings = schemars::generate::SchemaSettings::draft2020_12().for_deserialize();
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<file::DocumentFile>();
+    let mut value = schema.to_value();
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "description".to_string(),
+            "A Baton runbook (name, params, steps) or schedule (schedule, runbook, cron)."
+                .into(),
+        );
+    }
+    value
+}
+
+impl Runbook {
+    /// Parses and validates a runbook; `file` is only used in diagnostics.
+    pub fn parse(file: &str, text: &str) -> Result<Runbook, RunbookError> {
+        let map = index(file, text)?;
+        Runbook::from_source(file, text, &map)
+    }
+
+    /// Checks and coerces the parameter values for a run (see [`ParamSpec`] for the rules) and
+    /// fills in defaults. The result is what templates see as `params`.
+    pub fn resolve_params(
+        &self,
+        given: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<BTreeMap<String, serde_json::Value>, ParamError> {
+        params::resolve(&self.params, given)
+    }
+
+    /// The step with this id.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|step| step.id == id)
+    }
+
+    /// Advice that does not make the runbook invalid. Today: a template inside the script text
+    /// of `sh -c` (or bash, dash...), where a value could be read as shell code; pass it
+    /// through `env` instead. `file` is only used in the diagnostics.
+    pub fn lint(&self, file: &str) -> Vec<Diagnostic> {
+        let Ok(map) = SourceMap::build(&self.source) else {
+            return Vec::new();
+        };
+        let mut diags = Diagnostics::new(file, &map);
+        for (i, step) in self.steps.iter().enumerate() {
+            let Action::Exec(exec) = &step.action;
+            let is_shell = exec.command.first().is_some_and(|program| {
+                let base = program.rsplit('/').next().unwrap_or(program);
+                matches!(base, "sh" | "bash" | "dash" | "zsh" | "ksh" | "ash")
+            });
+            if !is_shell {
+                continue;
+            }
+            let mut script_follows = false;
+            for (j, arg) in exec.command.iter().enumerate().skip(1) {
+                if script_follows && (arg.contains("{{") || arg.contains("{%")) {
+                    diags.value(
+                        &format!("steps[{i}].with.command[{j}]"),
+                        "template inside a shell script: a value containing quotes or `;` \
+                         would run as code; pass it through `env` and use \"$NAME\" instead",
+                    );
+                }
+                script_follows =
+                    arg.starts_with('-') && !arg.starts_with("--") && arg.contains('c');
+            }
+        }
+        diags.finish(()).err().map_or_else(Vec::new, |e| e.diagnostics)
+    }
+
+    fn from_source(file: &str, text: &str, map: &SourceMap<'_>) -> Result<Runbook, RunbookError> {
+        let parsed: RunbookFile = deserialize(file, text, map)?;
+        let mut diags = Diagnostics::new(file, map);
+        let runbook = validate(parsed, text, &mut diags);
+        diags.finish(runbook)
+    }
+}
+
+/// The first 16 hex characters of the SHA-256 of `source`: a runbook's version.
+pub(crate) fn content_version(source: &str) -> String {
+    let digest = Sha256::digest(source.as_bytes());
+    let mut version = hex::encode(digest);
+    version.truncate(16);
+    version
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading YAML and turning errors into diagnostics
+
+/// Indexes the text, turning a YAML syntax error (or an empty document) into a diagnostic.
+pub(crate) fn index<'a>(file: &str, text: &'a str) -> Result<SourceMap<'a>, RunbookError> {
+    let map = SourceMap::build(text).map_err(|err| {
+        single(
+            file,
+            err.pos,
+            err.path,
+            format!("invalid YAML: {}", err.message),
+        )
+    })?;
+    if !map.contains("") {
+        return Err(single(
+            file,
+            Pos::START,
+            String::new(),
+            "the document is empty; expected a runbook (name, steps) or a schedule \
+             (schedule, runbook, cron)"
+                .to_string(),
+        ));
+    }
+    Ok(map)
+}
+
+/// Deserializes a file struct, locating serde-saphyr's error by position and path.
+pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+    map: &SourceMap<'_>,
+) -> Result<T, RunbookError> {
+    let mut options = serde_saphyr::Options::default();
+    // YAML 1.2 booleans: `yes`, `no`, `on` and `off` are strings, not surprises.
+    options.strict_booleans = true;
+    options.with_snippet = false;
+    serde_saphyr::from_str_with_options::<T>(text, options)
+        .map_err(|err| serde_diagnostic(file, map, &err))
+}
+
+fn serde_diagnostic(file: &str, map: &SourceMap<'_>, err: &serde_saphyr::Error) -> RunbookError {
+    use serde_saphyr::MessageFormatter;
+    let pos = err.location().map_or(Pos::START, |loc| Pos {
+        line: usize::try_from(loc.line()).unwrap_or(1).max(1),
+        column: usize::try_from(loc.column()).unwrap_or(1).max(1),
+    });
+    let raw = serde_saphyr::UserMessageFormatter
+        .format_message(err)
+        .into_owned();
+    let found = map.found_at(pos);
+    let found_text = found.as_deref().unwrap_or("something else");
+    let key_path = || map.path_of_key_at(pos).map(str::to_string);
+    let value_path = || map.path_of_value_at(pos).map(str::to_string);
+    let (path, message) = if let Some(rest) = raw.strip_prefix("unknown field ") {
+        (key_path().or_else(value_path), format!("unknown key {rest}"))
+    } else if raw.starts_with("duplicate mapping key") {
+        (key_path().or_else(value_path), "duplicate key".to_string())
+    } else if let Some(name) = backticked(&raw, "missing field ") {
+        // serde-saphyr reports this at the mapping's last key; point at the mapping instead.
+        let parent = value_path().unwrap_or_default();
+        let field = join_key(&parent, name);
+        let message = format!("missing required key `{name}`");
+        return single(file, map.value_pos(&parent), field, message);
+    } else if let Some(rest) = raw.strip_prefix("unknown variant ") {
+        (value_path(), format!("unknown value {rest}"))
+    } else {
+        let expected = match raw.as_str() {
+            "expected sequence start" => Some("a list"),
+            "expected mapping start" => Some("a mapping"),
+            "expected string scalar" => Some("a string"),
+            "null is not allowed here" => Some("a value"),
+            m if m.starts_with("invalid boolean") => Some("true or false"),
+            m if m.starts_with("invalid i") || m.starts_with("invalid u") => Some("an integer"),
+            _ => None,
+        };
+        let message = match expected {
+            Some(expected) => format!("expected {expected}, found {found_text}"),
+            None if raw.contains("found") || found.is_none() => raw.clone(),
+            None => format!("{raw}, found {found_text}"),
+        };
+        (value_path().or_else(key_path), message)
+    };
+    single(file, pos, path.unwrap_or_default(), message)
+}
+
+/// `"missing field `steps`"` with prefix `"missing field "` → `steps`.
+fn backticked<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.strip_prefix(prefix)?
+        .strip_prefix('`')?
+        .split('`')
+        .next()
+}
+
+fn single(file: &str, pos: Pos, field: String, message: String) -> RunbookError {
+    RunbookError {
+        diagnostics: vec![Diagnostic {
+            file: file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            field,
+            message,
+        }],
+    }
+}
+
+/// Collects diagnostics during validation, locating each by field path.
+pub(crate) struct Diagnostics<'m, 'a> {
+    file: String,
+    map: &'m SourceMap<'a>,
+    items: Vec<Diagnostic>,
+}
+
+impl<'m, 'a> Diagnostics<'m, 'a> {
+    pub(crate) fn new(file: &str, map: &'m SourceMap<'a>) -> Self {
+        Diagnostics {
+            file: file.to_string(),
+            map,
+            items: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, pos: Pos, field: &str, message: String) {
+        self.items.push(Diagnostic {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            field: field.to_string(),
+            message,
+        });
+    }
+
+    /// A problem with the value at `field`.
+    pub(crate) fn value(&mut self, field: &str, message: impl Into<String>) {
+        let pos = self.map.value_pos(field);
+        self.push(pos, field, message.into());
+    }
+
+    /// A problem with the key (name) of `field`.
+    pub(crate) fn key(&mut self, field: &str, message: impl Into<String>) {
+        let pos = self.map.key_pos(field);
+        self.push(pos, field, message.into());
+    }
+
+    /// A problem with one piece of text inside the (single-line) value at `field`.
+    fn within(&mut self, field: &str, needle: &str, message: impl Into<String>) {
+        let pos = self.map.text_pos(field, needle);
+        self.push(pos, field, message.into());
+    }
+
+    /// What is written at `field`, for "found ..." in messages.
+    pub(crate) fn found(&self, field: &str) -> String {
+        self.map
+            .found(field)
+            .unwrap_or_else(|| "nothing".to_string())
+    }
+
+    /// `Ok(value)` if nothing was reported, else every diagnostic in document order.
+    pub(crate) fn finish<T>(mut self, value: T) -> Result<T, RunbookError> {
+        if self.items.is_empty() {
+            return Ok(value);
+        }
+        self.items.sort_by_key(|d| (d.line, d.column));
+        Err(RunbookError {
+            diagnostics: self.items,
+        })
+    }
+}
+
+/// Compiles a constant pattern (the file module's name rules).
+pub(crate) fn constant_regex(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap_or_else(|_| unreachable!("constant pattern {pattern} is valid"))
+}
+
+/// Reports `field` unless `value` matches `pattern`; `what` is e.g. "a runbook name".
+pub(crate) fn check_name(
+    diags: &mut Diagnostics<'_, '_>,
+    field: &str,
+    value: &str,
+    pattern: &str,
+    what: &str,
+) -> bool {
+    let ok = constant_regex(pattern).is_match(value);
+    if !ok {
+        diags.value(
+            field,
+            format!("expected {what} matching {pattern}, found {value:?}"),
+        );
+    }
+    ok
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: file structs → domain types
+
+fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) -> Runbook {
+    check_name(diags, "name", &parsed.name, file::NAME_PATTERN, "a runbook name");
+    let params: Vec<ParamSpec> = parsed
+        .params
+        .0
+        .into_iter()
+        .filter_map(|(name, param)| validate_param(name, param, diags))
+        .collect();
+    if parsed.steps.is_empty() {
+        diags.value(
+            "steps",
+            format!("expected at least one step, found {}", diags.found("steps")),
+        );
+    }
+    // Ids of all steps, valid or not, so one bad step does not make later references to it
+    // look wrong too.
+    let ids: Vec<String> = parsed.steps.iter().map(|s| s.id.clone()).collect();
+    let mut steps: Vec<Step> = Vec::new();
+    for (index, step) in parsed.steps.into_iter().enumerate() {
+        let path = format!("steps[{index}]");
+        if let Some(step) = validate_step(&path, step, &params, &ids[..index], diags) {
+            steps.push(step);
+        }
+    }
+    Runbook {
+        name: parsed.name,
+        description: parsed.description,
+        params,
+        steps,
+        version: content_version(text),
+        source: text.to_string(),
+    }
+}
+
+fn validate_param(
+    name: String,
+    param: ParamFile,
+    diags: &mut Diagnostics<'_, '_>,
+) -> Option<ParamSpec> {
+    let path = join_key("params", &name);
+    let field = |key: &str| join_key(&path, key);
+    let mut ok = true;
+    if !constant_regex(file::PARAM_NAME_PATTERN).is_match(&name) {
+        diags.key(
+            &path,
+            format!(
+                "expected a parameter name matching {} (it is used as params.<name> in \
+                 templates), found {name:?}",
+                file::PARAM_NAME_PATTERN
+            ),
+        );
+        ok = false;
+    }
+    let kind = match param.kind {
+        ParamType::String => ParamKind::String,
+        ParamType::Int => ParamKind::Int,
+        ParamType::Bool => ParamKind::Bool,
+        ParamType::List => ParamKind::List,
+        ParamType::Enum => match &param.values {
+            Some(values) if !values.is_empty() => ParamKind::Enum {
+                values: values.clone(),
+            },
+            Some(_) => {
+                diags.value(
+                    &field("values"),
+                    "expected a non-empty list of allowed values, found []",
+                );
+                ok = false;
+                ParamKind::Enum { values: Vec::new() }
+            }
+            None => {
+                diags.value(
+                    &field("type"),
+                    "an enum parameter needs `values: [...]` listing the allowed values",
+                );
+                ok = false;
+                ParamKind::Enum { values: Vec::new() }
+            }
+        },
+    };
+    if param.values.is_some() && param.kind != ParamType::Enum {
+        diags.key(
+            &field("values"),
+            "only enum parameters take `values`; use `type: enum` or drop `values`",
+        );
+        ok = false;
+    }
+    for (key, bound) in [("min", param.min), ("max", param.max)] {
+        if bound.is_some() && param.kind != ParamType::Int {
+            diags.key(
+                &field(key),
+                format!("`{key}` applies to int parameters only, found it on {kind}"),
+            );
+            ok = false;
+        }
+    }
+    if let (Some(min), Some(max)) = (param.min, param.max)
+        && min > max
+    {
+        diags.value(
+            &field("max"),
+            format!("expected max >= min ({min}), found {max}"),
+        );
+        ok = false;
+    }
+    if let Some(pattern) = &param.pattern {
+        if !matches!(param.kind, ParamType::String | ParamType::List) {
+            diags.key(
+                &field("pattern"),
+                "`pattern` applies to string and list parameters only",
+            );
+            ok = false;
+        } else if let Err(err) = Regex::new(pattern) {
+            let reason = err.to_string();
+            let reason = reason.lines().last().unwrap_or("invalid regex").trim();
+            let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+            diags.value(
+                &field("pattern"),
+                format!("expected a valid regular expression, found {pattern:?} ({reason})"),
+            );
+            ok = false;
+        }
+    }
+    if param.required && param.default.is_some() {
+        diags.key(
+            &field("default"),
+            "a required parameter cannot have a default; drop `required: true` or the default",
+        );
+        ok = false;
+    }
+    let mut spec = ParamSpec {
+        name: name.clone(),
+        kind,
+        required: param.required,
+        default: None,
+        pattern: param.pattern,
+        min: param.min,
+        max: param.max,
+        description: param.description,
+    };
+    if let Some(default) = param.default.filter(|d| !d.is_null())
+        && ok
+    {
+        match params::coerce(&spec, &default) {
+            Ok(value) => spec.default = Some(value),
+            Err(err) => {
+                diags.value(
+                    &field("default"),
+                    format!("the default does not satisfy the parameter: {err}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(spec)
+}
+
+fn validate_step(
+    path: &str,
+    step: StepFile,
+    params: &[ParamSpec],
+    earlier: &[String],
+    diags: &mut Diagnostics<'_, '_>,
+) -> Option<Step> {
+    let field = |key: &str| join_key(path, key);
+    let mut ok = check_name(
+        diags,
+        &field("id"),
+        &step.id,
+        file::STEP_ID_PATTERN,
+        "a step id",
+    );
+    if let Some(first) = earlier.iter().position(|id| *id == step.id) {
+        diags.value(
+            &field("id"),
+            format!(
+                "duplicate step id {:?}: steps[{first}] already uses it; step ids must be unique",
+                step.id
+            ),
+        );
+        ok = false;
+    }
+    let timeout_ms = match step.timeout.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(0)) => {
+            diags.value(
+                &field("timeout"),
+                "expected a duration greater than zero, found 0",
+            );
+            ok = false;
+            None
+        }
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(message)) => {
+            diags.value(&field("timeout"), message);
+            ok = false;
+            None
+        }
+    };
+    let scope = TemplateScope {
+        params,
+        earlier,
+        current: &step.id,
+    };
+    let action = match step.action {
+        ActionType::Exec => validate_exec(&field("with"), step.with, &scope, diags),
+    };
+    let action = action?;
+    ok.then_some(Step {
+        id: step.id,
+        action,
+        timeout_ms,
+        idempotent: step.idempotent,
+    })
+}
+
+fn validate_exec(
+    path: &str,
+    with: ExecWithFile,
+    scope: &TemplateScope<'_>,
+    diags: &mut Diagnostics<'_, '_>,
+) -> Option<Action> {
+    let field = |key: &str| join_key(path, key);
+    let mut ok = true;
+    let command = match with.command {
+        Argv::List(items) if items.is_empty() => {
+            diags.value(
+                &field("command"),
+                "expected a non-empty list of strings (argv), found []",
+            );
+            ok = false;
+            items
+        }
+        Argv::List(items) => items,
+        Argv::Shell(line) => {
+            diags.value(
+                &field("command"),
+                format!(
+                    "expected a list of strings (argv), found the string {line:?}; write \
+                     [\"program\", \"arg\", ...], and if you need a shell use \
+                     [\"sh\", \"-c\", \"...\"] with values passed through env"
+                ),
+            );
+            ok = false;
+            Vec::new()
+        }
+    };
+    for (i, source) in command.iter().enumerate() {
+        ok &= scope.check(&format!("{}[{i}]", field("command")), source, diags);
+    }
+    let env_name = constant_regex("^[A-Za-z_][A-Za-z0-9_]*$");
+    for (name, source) in &with.env {
+        let env_path = join_key(&field("env"), name);
+        if !env_name.is_match(name) {
+            diags.key(
+                &env_path,
+                format!(
+                    "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"
+                ),
+            );
+            ok = false;
+        }
+        ok &= scope.check(&env_path, source, diags);
+    }
+    if let Some(source) = &with.workdir {
+        ok &= scope.check(&field("workdir"), source, diags);
+    }
+    ok.then_some(Action::Exec(ExecAction {
+        command,
+        env: with.env,
+        workdir: with.workdir,
+    }))
+}
+
+/// What a step's templates may read: declared params, earlier steps and the run.
+struct TemplateScope<'s> {
+    params: &'s [ParamSpec],
+    earlier: &'s [String],
+    current: &'s str,
+}
+
+impl TemplateScope<'_> {
+    /// Compiles the template at `field` and checks every context path it reads.
+    fn check(&self, field: &str, source: &str, diags: &mut Diagnostics<'_, '_>) -> bool {
+        let refs = match template::references(source) {
+            Ok(refs) => refs,
+            Err(message) => {
+                diags.value(field, format!("invalid template: {message}"));
+                return false;
+            }
+        };
+        let mut ok = true;
+        for reference in refs {
+            if let Err(message) = self.check_reference(&reference.segments) {
+                let needle = reference.segments[..reference.segments.len().min(2)].join(".");
+                diags.within(field, &needle, message);
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    fn check_reference(&self, segments: &[String]) -> Result<(), String> {
+        let root = segments[0].as_str();
+        let second = segments.get(1).map(String::as_str);
+        let third = segments.get(2).map(String::as_str);
+        match (root, second) {
+            (_, None) if matches!(root, "params" | "steps" | "run") => Ok(()),
+            ("params", Some(name)) => {
+                if self.params.iter().any(|p| p.name == name) {
+                    Ok(())
+                } else {
+                    let declared: Vec<&str> = self.params.iter().map(|p| p.name.as_str()).collect();
+                    Err(format!(
+                        "the template reads params.{name}, which is not declared; declared \
+                         params: {}",
+                        list_or_none(&declared)
+                    ))
+                }
+            }
+            ("steps", Some(id)) => self.check_step_reference(id, third),
+            ("run", Some(name)) => {
+                if RUN_CONTEXT_FIELDS.contains(&name) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the template reads run.{name}; the run has: {}",
+                        RUN_CONTEXT_FIELDS.join(", ")
+                    ))
+                }
+            }
+            _ => Err(format!(
+                "the template reads `{}`, which is not defined; templates can read \
+                 params.<name>, steps.<earlier step id>.outputs.<name> and run.<field>",
+                segments.join(".")
+            )),
+        }
+    }
+
+    fn check_step_reference(&self, id: &str, field: Option<&str>) -> Result<(), String> {
+        let earlier: Vec<&str> = self.earlier.iter().map(String::as_str).collect();
+        if !earlier.contains(&id) {
+            let why = if id == self.current {
+                "a step cannot read its own outputs".to_string()
+            } else {
+                format!(
+                    "templates can only read earlier steps: {}",
+                    list_or_none(&earlier)
+                )
+            };
+            let hint = if earlier
+                .iter()
+                .any(|e| e.starts_with(&format!("{id}-")) || e.starts_with(&format!("{id}_")))
+            {
+                " (write ids with dashes as steps['the-id'])"
+            } else {
+                ""
+            };
+            return Err(format!("the template reads steps.{id}; {why}{hint}"));
+        }
+        match field {
+            Some(name) if !STEP_CONTEXT_FIELDS.contains(&name) => Err(format!(
+                "the template reads steps.{id}.{name}; a step has: {}",
+                STEP_CONTEXT_FIELDS.join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: x\nsteps:\n  - id: a\n    action: exec\n    with: { command: [true] }\n";
+
+    #[test]
+    fn minimal_runbook_parses_with_a_stable_version() {
+        let runbook = Runbook::parse("x.yaml", MINIMAL).unwrap();
+        assert_eq!(runbook.name, "x");
+        assert_eq!(runbook.version.len(), 16);
+        assert_eq!(runbook.version, content_version(MINIMAL));
+        assert_ne!(runbook.version, content_version("name: y"));
+        assert_eq!(runbook.step("a").map(|s| s.idempotent), Some(false));
+        assert!(runbook.step("b").is_none());
+    }
+
+    #[test]
+    fn diagnostic_display_has_file_position_field_and_message() {
+        let d = Diagnostic {
+            file: "runbooks/x.yaml".into(),
+            line: 12,
+            column: 7,
+            field: "steps[1].with.command".into(),
+            message: "expected a non-empty list of strings (argv), found []".into(),
+        };
+        assert_eq!(
+            d.to_string(),
+            "runbooks/x.yaml:12:7: steps[1].with.command: expected a non-empty list of strings \
+             (argv), found []"
+        );
+    }
+
+    #[test]
+    fn backticked_extracts_the_name() {
+        assert_eq!(backticked("missing field `steps`", "missing field "), Some("steps"));
+        assert_eq!(backticked("other", "missing field "), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! The runbook file format exactly as written in YAML: serde "file structs".
+//!
+//! These types mirror the text, nothing more: they reject unknown keys and wrong YAML types, and
+//! their doc comments become the titles and descriptions of the published JSON Schema
+//! (`baton runbook schema`). Every rule that spans fields (defaults that satisfy their own
+//! pattern, templates that name declared params, unique step ids...) lives in the validation
+//! that turns them into the domain types of [`crate::runbook`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::schedule::ScheduleFile;
+
+/// The pattern runbook and schedule names must match.
+pub(crate) const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+
+/// The pattern step ids must match.
+pub(crate) const STEP_ID_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
+/// The pattern parameter names must match (they are used as `params.<name>` in templates).
+pub(crate) const PARAM_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]{0,62}$";
+
+/// A Baton document: a runbook, or a schedule that triggers one (it has a `schedule` key).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[schemars(title = "Baton document")]
+#[allow(dead_code)] // Only its schema is used; documents are told apart by their keys.
+pub(crate) enum DocumentFile {
+    /// A runbook.
+    Runbook(RunbookFile),
+    /// A schedule.
+    Schedule(ScheduleFile),
+}
+
+/// A runbook: named, typed parameters and a list of steps that run in order.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Runbook")]
+pub(crate) struct RunbookFile {
+    /// Unique name of the runbook: lowercase letters, digits and dashes, at most 63 characters.
+    #[schemars(pattern(NAME_PATTERN))]
+    pub name: String,
+    /// What the runbook does, for people choosing one at 3 a.m.
+    #[serde(default)]
+    pub description: String,
+    /// Parameters by name, in the order they are shown to users.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamFile>")]
+    pub params: OrderedMap<ParamFile>,
+    /// The steps, run one after the other; at least one.
+    #[schemars(length(min = 1))]
+    pub steps: Vec<StepFile>,
+}
+
+/// Declaration of one parameter.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Parameter")]
+pub(crate) struct ParamFile {
+    /// The value type; given values are coerced to it.
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    /// Whether a value must be given. A required parameter cannot have a default.
+    #[serde(default)]
+    pub required: bool,
+    /// Value used when none is given; must satisfy the other rules.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// Regex that string values (and each list item) must match. Not anchored implicitly: write
+    /// `^...$` to match the whole value.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Smallest allowed value (int parameters only).
+    #[serde(default)]
+    pub min: Option<i64>,
+    /// Largest allowed value (int parameters only).
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// The allowed values (enum parameters only, required for them).
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    /// What the parameter means.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Parameter types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ParamType {
+    /// Any string.
+    String,
+    /// A 64-bit signed integer.
+    Int,
+    /// A boolean.
+    Bool,
+    /// One of `values`.
+    Enum,
+    /// A list of strings (a comma-separated string is accepted too).
+    List,
+}
+
+/// One step of a runbook.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Step")]
+pub(crate) struct StepFile {
+    /// Unique id within the runbook; later steps read this step's outputs as
+    /// `steps.<id>.outputs.<name>` (or `steps['<id>']` when the id has dashes).
+    #[schemars(pattern(STEP_ID_PATTERN))]
+    pub id: String,
+    /// What the step does.
+    pub action: ActionType,
+    /// Maximum run time of one attempt, e.g. `250ms`, `10s`, `5m`, `1h30m`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub timeout: Option<String>,
+    /// Whether running the step twice has the same effect as once; only idempotent steps are
+    /// retried after a worker is lost mid-step.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// The action's inputs.
+    pub with: ExecWithFile,
+}
+
+/// Actions a step can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ActionType {
+    /// Run a program with an argv list (never through a shell).
+    Exec,
+}
+
+/// Inputs of the `exec` action.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Exec inputs")]
+pub(crate) struct ExecWithFile {
+    /// Program and arguments as a list; each element is a template that becomes exactly one
+    /// argument. Not a shell string: to use a shell, write `["sh", "-c", "..."]` and pass values
+    /// through `env`.
+    #[schemars(with = "Vec<String>", length(min = 1))]
+    pub command: Argv,
+    /// Extra environment variables; values are templates.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (a template); the worker's default when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
+/// `command` as written: the list we want, or a string we refuse with a helpful message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Argv {
+    /// `["df", "-h"]`.
+    List(Vec<String>),
+    /// `df -h`, kept only to explain why it is refused.
+    Shell(String),
+}
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Argv, D::Error> {
+        struct ArgvVisitor;
+
+        impl<'de> Visitor<'de> for ArgvVisitor {
+            type Value = Argv;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of strings (argv)")
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Argv, E> {
+                Ok(Argv::Shell(value.to_string()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Argv, A::Error> {
+                let mut items = Vec::new();
+                // Elements go straight to the YAML deserializer, so `10` becomes "10".
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(Argv::List(items))
+            }
+        }
+
+        deserializer.deserialize_any(ArgvVisitor)
+    }
+}
+
+/// A YAML mapping kept in document order (serde's maps sort or hash their keys).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OrderedMap<T>(pub Vec<(String, T)>);
+
+impl<T> Default for OrderedMap<T> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OrderedMap<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MapVisitor<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapVisitor<T> {
+            type Value = OrderedMap<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, T>()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+
+        deserializer.deserialize_map(MapVisitor(PhantomData))
+    }
+}

@@ -1,0 +1,329 @@
+//! Schedules: "run this runbook with these params whenever this cron expression fires".
+//!
+//! A schedule document is parsed like a runbook (file struct, then validation, diagnostics with
+//! positions). Its cron expression uses the classic Unix meaning, which differs from the `cron`
+//! crate that evaluates it in two ways we correct for here, because a mismatch means a
+//! maintenance job on the wrong day:
+//!
+//! * day of week: Unix has 0 or 7 = Sunday, 1 = Monday; the crate has 1 = Sunday. We rewrite the
+//!   field to day names before handing it over.
+//! * day of month *and* day of week both restricted: Unix fires when *either* matches; the crate
+//!   requires both. We evaluate the two halves separately and take the earlier tick.
+//!
+//! Times are evaluated on the wall clock of the schedule's time zone. A tick that falls into a
+//! daylight-saving gap fires at the same offset after the jump (02:30 on a spring-forward night
+//! in Berlin fires at 03:30); a tick in the repeated hour of a fall-back night fires once, at the
+//! first occurrence. No tick is ever skipped silently.
+//!
+//! [`Schedule::next_after`] is pure: the caller passes the time, nothing here reads a clock.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::offset::LocalResult;
+use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::runbook::source_map::SourceMap;
+use crate::runbook::{self, Diagnostics, RunbookError};
+
+/// A schedule document as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Schedule")]
+pub(crate) struct ScheduleFile {
+    /// Unique name of the schedule: lowercase letters, digits and dashes, at most 63 characters.
+    #[schemars(pattern("^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub schedule: String,
+    /// Name of the runbook to run.
+    #[schemars(pattern("^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub runbook: String,
+    /// When to run: 5 fields (`minute hour day-of-month month day-of-week`, Unix meaning) or 6
+    /// fields (seconds first), or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
+    pub cron: String,
+    /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`; default `UTC`.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Parameter values for each run, typed as in YAML; checked against the runbook when the
+    /// schedule is applied and again when it fires.
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// What the schedule is for.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A validated schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Unique name, `^[a-z0-9][a-z0-9-]{0,62}$`.
+    pub name: String,
+    /// Name of the runbook it triggers.
+    pub runbook: String,
+    /// The cron expression as written (trimmed); known to compile.
+    pub cron: String,
+    /// IANA time zone name; known to exist.
+    pub timezone: String,
+    /// Parameter values passed to each run.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// What the schedule is for; may be empty.
+    pub description: String,
+    /// The YAML text this schedule was parsed from.
+    pub source: String,
+}
+
+impl Schedule {
+    /// Parses and validates a schedule document; `file` is only used in diagnostics.
+    pub fn parse(file: &str, text: &str) -> Result<Schedule, RunbookError> {
+        let map = runbook::index(file, text)?;
+        Schedule::from_source(file, text, &map)
+    }
+
+    pub(crate) fn from_source(
+        file: &str,
+        text: &str,
+        map: &SourceMap<'_>,
+    ) -> Result<Schedule, RunbookError> {
+        let parsed: ScheduleFile = runbook::deserialize(file, text, map)?;
+        let mut diags = Diagnostics::new(file, map);
+        let pattern = "^[a-z0-9][a-z0-9-]{0,62}$";
+        runbook::check_name(&mut diags, "schedule", &parsed.schedule, pattern, "a schedule name");
+        runbook::check_name(&mut diags, "runbook", &parsed.runbook, pattern, "a runbook name");
+        let cron = parsed.cron.trim().to_string();
+        if let Err(message) = CronExpr::parse(&cron) {
+            diags.value("cron", message);
+        }
+        let timezone = parsed.timezone.unwrap_or_else(|| "UTC".to_string());
+        if Tz::from_str(&timezone).is_err() {
+            diags.value(
+                "timezone",
+                format!(
+                    "expected an IANA time zone name such as UTC or Europe/Berlin, found \
+                     {timezone:?}"
+                ),
+            );
+        }
+        diags.finish(Schedule {
+            name: parsed.schedule,
+            runbook: parsed.runbook,
+            cron,
+            timezone,
+            params: parsed.params,
+            description: parsed.description,
+            source: text.to_string(),
+        })
+    }
+
+    /// The first tick strictly after `after_ms` (unix milliseconds), read on the wall clock of
+    /// the schedule's time zone. `None` if the expression never fires again (or, for a value
+    /// not built by [`Schedule::parse`], if its cron or zone is invalid).
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        let tz = Tz::from_str(&self.timezone).ok()?;
+        let cron = CronExpr::parse(&self.cron).ok()?;
+        cron.next_after(tz, after_ms)
+    }
+}
+
+/// A cron expression compiled to one or two `cron` crate schedules (two when day of month and
+/// day of week are both restricted: Unix fires when either matches).
+struct CronExpr {
+    alternatives: Vec<cron::Schedule>,
+}
+
+impl CronExpr {
+    fn parse(expr: &str) -> Result<CronExpr, String> {
+        let expanded = match expr {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            other if other.starts_with('@') => {
+                return Err(format!(
+                    "unknown cron shorthand {other:?}; use @hourly, @daily, @weekly, @monthly \
+                     or @yearly"
+                ));
+            }
+            other => other,
+        };
+        let mut fields: Vec<&str> = expanded.split_whitespace().collect();
+        match fields.len() {
+            5 => fields.insert(0, "0"),
+            6 => {}
+            n => {
+                return Err(format!(
+                    "expected a cron expression with 5 fields (minute hour day-of-month month \
+                     day-of-week) or 6 (seconds first), found {n} in {expr:?}"
+                ));
+            }
+        }
+        let day_of_week = unix_day_of_week(fields[5])
+            .map_err(|why| format!("invalid cron expression {expr:?}: {why}"))?;
+        let restricted = |field: &str| !field.starts_with(['*', '?']);
+        let variants: Vec<[&str; 2]> = if restricted(fields[3]) && restricted(fields[5]) {
+            vec![[fields[3], "*"], ["*", day_of_week.as_str()]]
+        } else {
+            vec![[fields[3], day_of_week.as_str()]]
+        };
+        let alternatives = variants
+            .into_iter()
+            .map(|[dom, dow]| {
+                let text = [fields[0], fields[1], fields[2], dom, fields[4], dow].join(" ");
+                cron::Schedule::from_str(&text).map_err(|err| cron_message(expr, &text, &err))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(CronExpr { alternatives })
+    }
+
+    /// The next wall-clock tick strictly after `naive` (a local time, represented in UTC).
+    fn next_local(&self, naive: NaiveDateTime) -> Option<NaiveDateTime> {
+        self.alternatives
+            .iter()
+            .filter_map(|schedule| schedule.after(&naive.and_utc()).next())
+            .min()
+            .map(|tick| tick.naive_utc())
+    }
+
+    fn next_after(&self, tz: Tz, after_ms: i64) -> Option<i64> {
+        let after = DateTime::<Utc>::from_timestamp_millis(after_ms)?;
+        let mut local = after.with_timezone(&tz).naive_local();
+        // Each round moves `local` forward; more than two rounds would need two DST changes
+        // within one tick interval.
+        for _ in 0..4 {
+            let tick = self.next_local(local)?;
+            let instant = match tz.from_local_datetime(&tick) {
+                LocalResult::Single(t) => t.timestamp_millis(),
+                LocalResult::Ambiguous(first, second) => {
+                    if first.timestamp_millis() > after_ms {
+                        first.timestamp_millis()
+                    } else {
+                        second.timestamp_millis()
+                    }
+                }
+                LocalResult::None => {
+                    // In a DST gap: keep the offset that was in force before the jump.
+                    let before = tz
+                        .offset_from_utc_datetime(&(tick - TimeDelta::days(1)))
+                        .fix();
+                    let utc = tick - TimeDelta::seconds(i64::from(before.local_minus_utc()));
+                    utc.and_utc().timestamp_millis()
+                }
+            };
+            if instant > after_ms {
+                return Some(instant);
+            }
+            local = tick;
+        }
+        None
+    }
+}
+
+const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+/// Rewrites a Unix day-of-week field (0-7, 0 and 7 = Sunday, names, ranges, steps, lists) as a
+/// list of day names, which the `cron` crate reads unambiguously. `*` and `?` stay as they are.
+fn unix_day_of_week(field: &str) -> Result<String, String> {
+    if field == "*" || field == "?" {
+        return Ok(field.to_string());
+    }
+    let invalid = |why: &str| format!("day of week {field:?}: {why}");
+    let day = |text: &str| -> Result<u32, String> {
+        if let Ok(n) = text.parse::<u32>() {
+            return if n <= 7 {
+                Ok(n)
+            } else {
+                Err(invalid(&format!("{n} is not a day (0-7, 0 and 7 are Sunday)")))
+            };
+        }
+        DAY_NAMES
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(text.get(..3).unwrap_or(text)))
+            .filter(|_| text.len() >= 3)
+            .map(|i| i as u32)
+            .ok_or_else(|| invalid(&format!("{text:?} is not a day")))
+    };
+    let mut days = [false; 7];
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => {
+                let step = step
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| invalid(&format!("bad step in {item:?}")))?;
+                (base, step)
+            }
+            None => (item, 1),
+        };
+        let (from, to) = match base {
+            "*" | "?" => (0, 6),
+            _ => match base.split_once('-') {
+                Some((a, b)) => (day(a)?, day(b)?),
+                None if item.contains('/') => (day(base)?, 6),
+                None => (day(base)?, day(base)?),
+            },
+        };
+        if from > to {
+            return Err(invalid(&format!("range {base:?} goes backwards")));
+        }
+        for d in (from..=to).step_by(step as usize) {
+            days[(d % 7) as usize] = true;
+        }
+    }
+    let names: Vec<&str> = (0..7).filter(|&d| days[d]).map(|d| DAY_NAMES[d]).collect();
+    Ok(names.join(","))
+}
+
+/// The `cron` crate's multi-line error (its input, a caret line, the reason) as one line.
+fn cron_message(expr: &str, input: &str, err: &cron::error::Error) -> String {
+    let text = err.to_string();
+    let reason = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && *line != input && !line.chars().all(|c| c == '^'))
+        .last();
+    match reason {
+        Some(reason) => format!("invalid cron expression {expr:?}: {reason}"),
+        None => format!("invalid cron expression {expr:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_days_of_week_become_names() {
+        let cases = [
+            ("0", "SUN"),
+            ("7", "SUN"),
+            ("1", "MON"),
+            ("1-5", "MON,TUE,WED,THU,FRI"),
+            ("5-7", "SUN,FRI,SAT"),
+            ("*/2", "SUN,TUE,THU,SAT"),
+            ("1-5/2", "MON,WED,FRI"),
+            ("mon,Fri", "MON,FRI"),
+            ("sat-sun", ""),
+            ("*", "*"),
+        ];
+        for (field, expected) in cases {
+            match unix_day_of_week(field) {
+                Ok(names) => assert_eq!(names, expected, "{field}"),
+                Err(err) => assert!(expected.is_empty(), "{field}: {err}"),
+            }
+        }
+        assert!(unix_day_of_week("8").unwrap_err().contains("not a day"));
+        assert!(unix_day_of_week("xyz").unwrap_err().contains("not a day"));
+    }
+
+    #[test]
+    fn cron_errors_are_one_line() {
+        for bad in ["0 61 * * *", "a b c d e", "* * * *", "@sometimes", "0 0 3 * * * * *"] {
+            let err = CronExpr::parse(bad).err().unwrap_or_default();
+            assert!(err.contains(bad), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Step inputs are minijinja templates; this module renders them and checks them statically.
+//!
+//! There is exactly one template environment ([`environment`]): strict about undefined values
+//! (a typo fails the step instead of running `rm -rf /`), no HTML auto-escaping (we render
+//! argv, not web pages), trailing newlines kept. Each argv element is its own template and
+//! renders to exactly one argv element, so a value containing spaces or quotes can never split
+//! into several arguments or reach a shell as code.
+//!
+//! The render context has three roots, fixed here because runbooks are validated against it:
+//!
+//! ```json
+//! { "params": { "<name>": <value> },
+//!   "steps":  { "<step id>": { "outputs": { "<name>": "<text>" }, "status": "succeeded" } },
+//!   "run":    { "id": "...", "runbook": "...", "trigger": "api" } }
+//! ```
+
+use std::collections::BTreeMap;
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::runbook::ExecAction;
+
+/// The fields each `steps.<id>` entry of the context has.
+pub const STEP_CONTEXT_FIELDS: [&str; 2] = ["outputs", "status"];
+
+/// The fields of the `run` entry of the context.
+pub const RUN_CONTEXT_FIELDS: [&str; 3] = ["id", "runbook", "trigger"];
+
+/// An exec action with every template rendered: ready to hand to a process spawner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenderedExec {
+    /// Program and arguments, one rendered template each; never run through a shell.
+    pub argv: Vec<String>,
+    /// Extra environment variables for the process.
+    pub env: BTreeMap<String, String>,
+    /// Working directory, if the step sets one.
+    pub workdir: Option<String>,
+}
+
+/// A template that failed to render.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TemplateError {
+    /// Which input failed, relative to the action's `with`: `command[2]`, `env.LC_ALL`, `workdir`.
+    pub field: String,
+    /// What went wrong, including the template text.
+    pub message: String,
+}
+
+/// The one template environment Baton uses, for validation and rendering alike.
+pub fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    // The default syntax with trailing newlines kept: a template renders to exactly its text.
+    if let Ok(syntax) = SyntaxConfig::builder().keep_trailing_newline(true).build() {
+        env.set_syntax(syntax);
+    }
+    env
+}
+
+/// Renders every template of an exec action against `ctx` (see the module docs for its shape).
+pub fn render_exec(
+    action: &ExecAction,
+    ctx: &serde_json::Value,
+) -> Result<RenderedExec, TemplateError> {
+    let env = environment();
+    let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+    let render = |field: String, source: &str| -> Result<String, TemplateError> {
+        env.render_str(source, &ctx).map_err(|err| TemplateError {
+            field,
+            message: format!("{} in template {source:?}", describe_error(&err)),
+        })
+    };
+    let argv = action
+        .command
+        .iter()
+        .enumerate()
+        .map(|(i, source)| render(format!("command[{i}]"), source))
+        .collect::<Result<_, _>>()?;
+    let env_vars = action
+        .env
+        .iter()
+        .map(|(name, source)| Ok((name.clone(), render(format!("env.{name}"), source)?)))
+        .collect::<Result<_, _>>()?;
+    let workdir = action
+        .workdir
+        .as_deref()
+        .map(|source| render("workdir".to_string(), source))
+        .transpose()?;
+    Ok(RenderedExec {
+        argv,
+        env: env_vars,
+        workdir,
+    })
+}
+
+/// A minijinja error as one line without the `(in <string>:1)` suffix.
+fn describe_error(err: &minijinja::Error) -> String {
+    match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    }
+}
+
+/// A variable a template reads from its context, as a dotted path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Reference {
+    /// The path segments: `["steps", "greet", "outputs", "greeting"]`.
+    pub segments: Vec<String>,
+}
+
+/// Compiles `source` and lists the context paths it reads (`params.path`, `steps.greet...`).
+///
+/// Uses minijinja's static analysis for dotted lookups and a textual scan for the
+/// `steps['id-with-dashes']` form, which the analysis cannot follow. Globals such as `range`
+/// are not references. Fails with a one-line message if the template does not compile.
+pub(crate) fn references(source: &str) -> Result<Vec<Reference>, String> {
+    let env = environment();
+    let template = env
+        .template_from_str(source)
+        .map_err(|err| describe_error(&err))?;
+    let globals: Vec<String> = env.globals().map(|(name, _)| name.to_string()).collect();
+    let mut refs: Vec<Reference> = template
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|path| !globals.iter().any(|g| g == path))
+        .map(|path| Reference {
+            segments: path.split('.').map(str::to_string).collect(),
+        })
+        .collect();
+    for captures in subscript_step_regex().captures_iter(source) {
+        if let Some(id) = captures.get(1).or_else(|| captures.get(2)) {
+            refs.push(Reference {
+                segments: vec!["steps".to_string(), id.as_str().to_string()],
+            });
+        }
+    }
+    refs.sort();
+    refs.dedup();
+    Ok(refs)
+}
+
+fn subscript_step_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(r#"\bsteps\s*\[\s*(?:'([^']*)'|"([^"]*)")\s*\]"#)
+            .unwrap_or_else(|_| unreachable!("the pattern is a valid constant"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn exec(command: &[&str]) -> ExecAction {
+        ExecAction {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            workdir: None,
+        }
+    }
+
+    fn names(source: &str) -> Vec<String> {
+        references(source)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.segments.join("."))
+            .collect()
+    }
+
+    #[test]
+    fn references_cover_dotted_subscript_and_skip_locals_and_globals() {
+        assert_eq!(
+            names(
+                "{% for h in params.hosts %}{{ h }}{{ loop.index }}{% endfor %}\
+                 {{ range(2) }}{{ steps.a.outputs.x }}{{ steps['b-c'].status }}{{ run.id }}"
+            ),
+            ["params.hosts", "run.id", "steps", "steps.a.outputs.x", "steps.b-c"]
+        );
+    }
+
+    #[test]
+    fn compile_errors_are_one_line() {
+        let err = references("{{ params.x ").unwrap_err();
+        assert!(err.starts_with("syntax error"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn keeps_trailing_newline_and_does_not_escape() {
+        let out = render_exec(&exec(&["{{ params.a }}\n"]), &json!({"params": {"a": "<&>"}}))
+            .unwrap();
+        assert_eq!(out.argv, ["<&>\n"]);
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of baton-core's public API, one binary with a module per concern.
+
+mod diagnostics;
+mod library;
+mod params;
+mod schedules;
+mod schema;
+mod templates;

@@ -1,0 +1,272 @@
+//! Wire <-> domain conversions for runs, steps and attempts.
+
+use std::collections::BTreeMap;
+
+use baton_core::run::{Attempt, AttemptState, Fence, Run, RunState, StepRun, StepState, Trigger};
+
+use crate::v1 as pb;
+
+/// A wire message that does not describe a valid domain value.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid {field}: {message}")]
+pub struct ConvertError {
+    /// The offending field.
+    pub field: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> ConvertError {
+    ConvertError { field: field.into(), message: message.into() }
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_default()
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Attempt state to wire.
+pub fn attempt_state_to_pb(s: AttemptState) -> pb::AttemptState {
+    match s {
+        AttemptState::Assigned => pb::AttemptState::Assigned,
+        AttemptState::Running => pb::AttemptState::Running,
+        AttemptState::Succeeded => pb::AttemptState::Succeeded,
+        AttemptState::Failed => pb::AttemptState::Failed,
+        AttemptState::TimedOut => pb::AttemptState::TimedOut,
+        AttemptState::Cancelled => pb::AttemptState::Cancelled,
+        AttemptState::Lost => pb::AttemptState::Lost,
+    }
+}
+
+/// Attempt state from wire; `UNSPECIFIED` and unknown numbers are errors.
+pub fn attempt_state_from_pb(v: i32) -> Result<AttemptState, ConvertError> {
+    Ok(match pb::AttemptState::try_from(v).map_err(|_| bad("state", format!("unknown attempt state {v}")))? {
+        pb::AttemptState::Unspecified => return Err(bad("state", "attempt state is unspecified")),
+        pb::AttemptState::Assigned => AttemptState::Assigned,
+        pb::AttemptState::Running => AttemptState::Running,
+        pb::AttemptState::Succeeded => AttemptState::Succeeded,
+        pb::AttemptState::Failed => AttemptState::Failed,
+        pb::AttemptState::TimedOut => AttemptState::TimedOut,
+        pb::AttemptState::Cancelled => AttemptState::Cancelled,
+        pb::AttemptState::Lost => AttemptState::Lost,
+    })
+}
+
+fn run_state_to_pb(s: RunState) -> pb::RunState {
+    match s {
+        RunState::Pending => pb::RunState::Pending,
+        RunState::Running => pb::RunState::Running,
+        RunState::Succeeded => pb::RunState::Succeeded,
+        RunState::Failed => pb::RunState::Failed,
+        RunState::Cancelled => pb::RunState::Cancelled,
+        RunState::NeedsAttention => pb::RunState::NeedsAttention,
+        RunState::Missed => pb::RunState::Missed,
+    }
+}
+
+fn run_state_from_pb(v: i32) -> Result<RunState, ConvertError> {
+    Ok(match pb::RunState::try_from(v).map_err(|_| bad("state", format!("unknown run state {v}")))? {
+        pb::RunState::Unspecified => return Err(bad("state", "run state is unspecified")),
+        pb::RunState::Pending => RunState::Pending,
+        pb::RunState::Running => RunState::Running,
+        pb::RunState::Succeeded => RunState::Succeeded,
+        pb::RunState::Failed => RunState::Failed,
+        pb::RunState::Cancelled => RunState::Cancelled,
+        pb::RunState::NeedsAttention => RunState::NeedsAttention,
+        pb::RunState::Missed => RunState::Missed,
+    })
+}
+
+fn step_state_to_pb(s: StepState) -> pb::StepState {
+    match s {
+        StepState::Pending => pb::StepState::Pending,
+        StepState::Running => pb::StepState::Running,
+        StepState::Succeeded => pb::StepState::Succeeded,
+        StepState::Failed => pb::StepState::Failed,
+        StepState::Cancelled => pb::StepState::Cancelled,
+        StepState::Lost => pb::StepState::Lost,
+    }
+}
+
+fn step_state_from_pb(v: i32) -> Result<StepState, ConvertError> {
+    Ok(match pb::StepState::try_from(v).map_err(|_| bad("state", format!("unknown step state {v}")))? {
+        pb::StepState::Unspecified => return Err(bad("state", "step state is unspecified")),
+        pb::StepState::Pending => StepState::Pending,
+        pb::StepState::Running => StepState::Running,
+        pb::StepState::Succeeded => StepState::Succeeded,
+        pb::StepState::Failed => StepState::Failed,
+        pb::StepState::Cancelled => StepState::Cancelled,
+        pb::StepState::Lost => StepState::Lost,
+    })
+}
+
+/// A run on the wire.
+pub fn run_to_pb(r: &Run) -> pb::Run {
+    let (schedule, tick_ms) = match &r.trigger {
+        Trigger::Api => (String::new(), 0),
+        Trigger::Schedule { name, tick_ms } => (name.clone(), *tick_ms),
+    };
+    pb::Run {
+        id: r.id.clone(),
+        runbook: r.runbook.clone(),
+        runbook_version: r.version.clone(),
+        state: run_state_to_pb(r.state) as i32,
+        trigger: r.trigger.kind().to_string(),
+        schedule,
+        tick_ms,
+        params_json: serde_json::to_string(&r.params).unwrap_or_default(),
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+        steps: r.steps.iter().map(step_to_pb).collect(),
+        error: opt(&r.error),
+        idempotency_key: opt(&r.idempotency_key),
+        missed_ticks: r.missed_ticks,
+        cancel_requested: r.cancel_requested,
+    }
+}
+
+fn step_to_pb(s: &StepRun) -> pb::StepRun {
+    pb::StepRun {
+        id: s.id.clone(),
+        state: step_state_to_pb(s.state) as i32,
+        attempts: s.attempts.iter().map(attempt_to_pb).collect(),
+        outputs: s.outputs.clone().into_iter().collect(),
+        exit_code: s.exit_code,
+        stdout_tail: s.stdout_tail.clone(),
+        stderr_tail: s.stderr_tail.clone(),
+        error: opt(&s.error),
+        started_at_ms: s.started_at_ms,
+        finished_at_ms: s.finished_at_ms,
+    }
+}
+
+fn attempt_to_pb(a: &Attempt) -> pb::Attempt {
+    pb::Attempt {
+        id: a.id,
+        number: a.number,
+        worker: a.worker.clone(),
+        fence: Some(pb::Fence { term: a.fence.term, index: a.fence.index }),
+        state: attempt_state_to_pb(a.state) as i32,
+        assigned_at_ms: a.assigned_at_ms,
+        started_at_ms: a.started_at_ms,
+        finished_at_ms: a.finished_at_ms,
+        exit_code: a.exit_code,
+        error: opt(&a.error),
+        argv: a.argv.clone(),
+    }
+}
+
+/// A run from the wire, validated.
+pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
+    let params: BTreeMap<String, serde_json::Value> = if r.params_json.is_empty() {
+        BTreeMap::new()
+    } else {
+        serde_json::from_str(&r.params_json).map_err(|e| bad("params_json", e.to_string()))?
+    };
+    let trigger = match r.trigger.as_str() {
+        "api" => Trigger::Api,
+        "schedule" => Trigger::Schedule { name: r.schedule.clone(), tick_ms: r.tick_ms },
+        other => return Err(bad("trigger", format!("unknown trigger {other:?}"))),
+    };
+    let steps = r.steps.into_iter().map(step_from_pb).collect::<Result<Vec<_>, _>>()?;
+    Ok(Run {
+        id: r.id,
+        runbook: r.runbook,
+        version: r.runbook_version,
+        params,
+        trigger,
+        state: run_state_from_pb(r.state)?,
+        steps,
+        created_at_ms: r.created_at_ms,
+        started_at_ms: r.started_at_ms,
+        finished_at_ms: r.finished_at_ms,
+        error: non_empty(r.error),
+        idempotency_key: non_empty(r.idempotency_key),
+        missed_ticks: r.missed_ticks,
+        cancel_requested: r.cancel_requested,
+    })
+}
+
+fn step_from_pb(s: pb::StepRun) -> Result<StepRun, ConvertError> {
+    Ok(StepRun {
+        id: s.id,
+        state: step_state_from_pb(s.state)?,
+        attempts: s.attempts.into_iter().map(attempt_from_pb).collect::<Result<Vec<_>, _>>()?,
+        outputs: s.outputs.into_iter().collect(),
+        exit_code: s.exit_code,
+        stdout_tail: s.stdout_tail,
+        stderr_tail: s.stderr_tail,
+        error: non_empty(s.error),
+        started_at_ms: s.started_at_ms,
+        finished_at_ms: s.finished_at_ms,
+    })
+}
+
+fn attempt_from_pb(a: pb::Attempt) -> Result<Attempt, ConvertError> {
+    let fence = a.fence.ok_or_else(|| bad("fence", "an attempt needs a fence"))?;
+    Ok(Attempt {
+        id: a.id,
+        number: a.number,
+        worker: a.worker,
+        fence: Fence { term: fence.term, index: fence.index },
+        state: attempt_state_from_pb(a.state)?,
+        assigned_at_ms: a.assigned_at_ms,
+        started_at_ms: a.started_at_ms,
+        finished_at_ms: a.finished_at_ms,
+        exit_code: a.exit_code,
+        error: non_empty(a.error),
+        argv: a.argv,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_states_are_rejected() {
+        assert!(attempt_state_from_pb(0).is_err());
+        assert!(attempt_state_from_pb(99).is_err());
+        assert_eq!(attempt_state_from_pb(3), Ok(AttemptState::Succeeded));
+    }
+
+    #[test]
+    fn run_round_trips() {
+        let run = Run {
+            id: "r-1".into(),
+            runbook: "hello".into(),
+            version: "abc".into(),
+            params: [("name".to_string(), serde_json::json!("Ada"))].into(),
+            trigger: Trigger::Schedule { name: "s".into(), tick_ms: 5 },
+            state: RunState::Running,
+            steps: vec![StepRun {
+                attempts: vec![Attempt {
+                    id: 7,
+                    number: 1,
+                    worker: "w".into(),
+                    fence: Fence { term: 2, index: 7 },
+                    state: AttemptState::Running,
+                    assigned_at_ms: 1,
+                    started_at_ms: 2,
+                    finished_at_ms: 0,
+                    exit_code: None,
+                    error: None,
+                    argv: vec!["echo".into()],
+                }],
+                ..StepRun::pending("greet")
+            }],
+            created_at_ms: 1,
+            started_at_ms: 1,
+            finished_at_ms: 0,
+            error: None,
+            idempotency_key: Some("k".into()),
+            missed_ticks: 0,
+            cancel_requested: false,
+        };
+        assert_eq!(run_from_pb(run_to_pb(&run)), Ok(run));
+    }
+}

@@ -1,0 +1,195 @@
+//! The API: gRPC services (runbooks, schedules, runs, workers, cluster) and the HTTP endpoints.
+//!
+//! Handlers validate input, turn it into a [`Command`], propose it, and answer from the applied
+//! state. They never change state any other way. Wire types stop here: handlers convert to and
+//! from domain types through `baton_proto`.
+
+mod error;
+pub mod http;
+mod runs;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use baton_core::command::{Command, Op};
+use baton_core::runbook::{Action, ParamKind};
+use baton_core::{Document, parse_document};
+use baton_proto::v1 as pb;
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+pub use error::ApiError;
+
+use crate::dispatch::Workers;
+use crate::fsm::Reply;
+use crate::raft::NodeHandle;
+use crate::store::Store;
+
+/// Largest runbook or schedule document accepted.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// Shared by every service: the node, the store and the connected workers.
+#[derive(Clone)]
+pub struct Api {
+    pub(crate) node: NodeHandle,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) workers: Arc<Workers>,
+    /// Run ids, sent after every change to that run.
+    pub(crate) run_changes: broadcast::Sender<String>,
+    /// Run ids, sent after new output of that run was stored.
+    pub(crate) output_changes: broadcast::Sender<String>,
+}
+
+/// Wall-clock time in unix ms: read here, at the edge, and stamped into commands.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Api {
+    /// Proposes `op` stamped with the current time and waits until it is applied.
+    pub async fn propose(&self, op: Op) -> Result<Reply, ApiError> {
+        let reply = self.node.propose(&Command { at_ms: now_ms(), op }).await?;
+        match reply {
+            Reply::Rejected(why) => Err(ApiError::Rejected(why)),
+            other => Ok(other),
+        }
+    }
+
+    /// Validates and applies one YAML document (runbook or schedule).
+    pub async fn apply_document(&self, file_name: &str, source: &str) -> Result<pb::ApplyResponse, ApiError> {
+        if source.len() > MAX_DOCUMENT_BYTES {
+            return Err(ApiError::invalid(
+                "source",
+                format!("document is {} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes", source.len()),
+            ));
+        }
+        let file = if file_name.is_empty() { "<request>" } else { file_name };
+        let doc = parse_document(file, source).map_err(|e| ApiError::Invalid {
+            message: format!("{file} is not a valid document:\n{e}"),
+            violations: e
+                .diagnostics
+                .iter()
+                .map(|d| (d.field.clone(), format!("{}:{}:{}: {}", d.file, d.line, d.column, d.message)))
+                .collect(),
+        })?;
+        let (kind, name, op) = match doc {
+            Document::Runbook(rb) => ("runbook", rb.name.clone(), Op::ApplyRunbook { runbook: rb }),
+            Document::Schedule(s) => ("schedule", s.name.clone(), Op::ApplySchedule { schedule: s }),
+        };
+        match self.propose(op).await? {
+            Reply::Applied { version, changed } => {
+                Ok(pb::ApplyResponse { kind: kind.into(), name, version, changed })
+            }
+            other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+fn runbook_to_pb(entry: &crate::fsm::RunbookEntry) -> pb::Runbook {
+    let rb = entry.current();
+    pb::Runbook {
+        name: rb.name.clone(),
+        description: rb.description.clone(),
+        version: rb.version.clone(),
+        source: rb.source.clone(),
+        step_ids: rb
+            .steps
+            .iter()
+            .map(|s| {
+                let Action::Exec(_) = &s.action;
+                s.id.clone()
+            })
+            .collect(),
+        params: rb
+            .params
+            .iter()
+            .map(|p| pb::ParamInfo {
+                name: p.name.clone(),
+                kind: match &p.kind {
+                    ParamKind::String => "string".into(),
+                    ParamKind::Int => "int".into(),
+                    ParamKind::Bool => "bool".into(),
+                    ParamKind::Enum { values } => format!("enum({})", values.join("|")),
+                    ParamKind::List => "list".into(),
+                },
+                required: p.required,
+                default_json: p.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                description: p.description.clone(),
+            })
+            .collect(),
+        applied_at_ms: entry.applied_at_ms,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::runbook_service_server::RunbookService for Api {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(self.apply_document(&req.file_name, &req.source).await?))
+    }
+
+    async fn get(&self, req: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
+        let name = req.into_inner().name;
+        self.node
+            .read(|s| s.runbooks.get(&name).map(runbook_to_pb))
+            .map(Response::new)
+            .ok_or_else(|| ApiError::NotFound(format!("runbook {name:?} does not exist")).into())
+    }
+
+    async fn list(&self, _req: Request<pb::ListRunbooksRequest>) -> Result<Response<pb::ListRunbooksResponse>, Status> {
+        let runbooks = self.node.read(|s| s.runbooks.values().map(runbook_to_pb).collect());
+        Ok(Response::new(pb::ListRunbooksResponse { runbooks }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::schedule_service_server::ScheduleService for Api {
+    async fn list(&self, _req: Request<pb::ListSchedulesRequest>) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self.node.read(|s| {
+            s.schedules
+                .values()
+                .map(|st| pb::Schedule {
+                    name: st.schedule.name.clone(),
+                    runbook: st.schedule.runbook.clone(),
+                    cron: st.schedule.cron.clone(),
+                    timezone: st.schedule.timezone.clone(),
+                    params_json: serde_json::to_string(&st.schedule.params).unwrap_or_default(),
+                    next_fire_at_ms: st.next_fire_at_ms.unwrap_or(0),
+                    last_tick_ms: st.last_tick_ms.unwrap_or(0),
+                    runs_fired: st.runs_fired,
+                    ticks_missed: st.ticks_missed,
+                    description: st.schedule.description.clone(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_service_server::ClusterService for Api {
+    async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let st = self.node.status();
+        let workers = self.node.read(|s| self.workers.infos(&s.load_by_worker()));
+        Ok(Response::new(pb::ClusterStatus {
+            node_id: st.id,
+            leader_id: st.leader_id,
+            term: st.term,
+            commit_index: st.commit,
+            applied_index: st.applied,
+            snapshot_index: st.snapshot_index,
+            members: st.voters.iter().map(|id| pb::Member { id: *id, address: String::new(), voter: true }).collect(),
+            workers,
+            role: st.role.as_str().into(),
+        }))
+    }
+}
+
+/// Params as sent on the wire (text) to the JSON strings the domain coerces.
+fn params_from_wire(params: std::collections::HashMap<String, String>) -> BTreeMap<String, serde_json::Value> {
+    params.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect()
+}

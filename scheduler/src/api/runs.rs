@@ -1,0 +1,200 @@
+//! `RunService`: start, get, list, watch, logs, cancel.
+
+use std::pin::Pin;
+
+use baton_core::command::Op;
+use baton_core::runbook::ParamError;
+use baton_proto::v1 as pb;
+use baton_proto::run_to_pb;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Api, ApiError, params_from_wire};
+use crate::fsm::Reply;
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Chunks read from the store per batch when streaming logs.
+const LOG_BATCH: usize = 256;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn param_field(e: &ParamError) -> String {
+    let name = match e {
+        ParamError::Unknown { name, .. }
+        | ParamError::Missing { name }
+        | ParamError::WrongType { name, .. }
+        | ParamError::Pattern { name, .. }
+        | ParamError::OutOfRange { name, .. }
+        | ParamError::NotInEnum { name, .. } => name,
+    };
+    format!("params.{name}")
+}
+
+impl Api {
+    fn get_run(&self, id: &str) -> Result<pb::Run, ApiError> {
+        self.node
+            .read(|s| s.runs.get(id).map(run_to_pb))
+            .ok_or_else(|| ApiError::NotFound(format!("run {id:?} does not exist")))
+    }
+
+    async fn start_run(&self, req: pb::StartRunRequest) -> Result<pb::StartRunResponse, ApiError> {
+        if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ApiError::invalid(
+                "idempotency_key",
+                format!("is {} bytes; the limit is {MAX_IDEMPOTENCY_KEY}", req.idempotency_key.len()),
+            ));
+        }
+        let key = (!req.idempotency_key.is_empty()).then_some(req.idempotency_key);
+        let params = params_from_wire(req.params);
+        // Validate before proposing, so bad input never reaches the log; apply checks again.
+        let existing = self.node.read(|s| -> Result<Option<String>, ApiError> {
+            if let Some(id) = key.as_ref().and_then(|k| s.idempotency.get(k)) {
+                return Ok(Some(id.clone()));
+            }
+            let entry = s.runbooks.get(&req.runbook).ok_or_else(|| {
+                let known: Vec<&str> = s.runbooks.keys().map(String::as_str).collect();
+                ApiError::NotFound(format!(
+                    "runbook {:?} does not exist (known: {})",
+                    req.runbook,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ))
+            })?;
+            entry.current().resolve_params(&params).map_err(|e| ApiError::invalid(param_field(&e), e.to_string()))?;
+            Ok(None)
+        })?;
+        if let Some(id) = existing {
+            return Ok(pb::StartRunResponse { run: Some(self.get_run(&id)?), deduplicated: true });
+        }
+        let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let op = Op::StartRun { run_id, runbook: req.runbook, params, idempotency_key: key };
+        match self.propose(op).await? {
+            Reply::Run { run_id, deduplicated } => {
+                Ok(pb::StartRunResponse { run: Some(self.get_run(&run_id)?), deduplicated })
+            }
+            other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::run_service_server::RunService for Api {
+    async fn start(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+        Ok(Response::new(self.start_run(req.into_inner()).await?))
+    }
+
+    async fn get(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        Ok(Response::new(self.get_run(&req.into_inner().id)?))
+    }
+
+    async fn list(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let req = req.into_inner();
+        let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) } as usize;
+        let runs = self.node.read(|s| s.runs_newest_first(&req.runbook).take(limit).map(run_to_pb).collect());
+        Ok(Response::new(pb::ListRunsResponse { runs }))
+    }
+
+    type WatchStream = BoxStream<pb::Run>;
+
+    async fn watch(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let id = req.into_inner().id;
+        // Subscribe before reading, so no change between the read and the subscription is lost.
+        let mut changes = self.run_changes.subscribe();
+        let first = self.get_run(&id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !is_terminal(&last) {
+                match changes.recv().await {
+                    Ok(changed) if changed != id => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                let Ok(now) = api.get_run(&id) else { return };
+                if now != last {
+                    last = now;
+                    if tx.send(Ok(last.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type LogsStream = BoxStream<pb::LogChunk>;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        let mut outputs = self.output_changes.subscribe();
+        let mut changes = self.run_changes.subscribe();
+        self.get_run(&req.run_id)?;
+        let (tx, rx) = mpsc::channel(64);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut next = req.after_seq.saturating_add(if req.after_seq == 0 { 0 } else { 1 });
+            loop {
+                // Read whether the run is over *before* draining, so output stored before the
+                // run ended is always sent.
+                let ended = api.get_run(&req.run_id).map(|r| is_terminal(&r)).unwrap_or(true);
+                loop {
+                    let chunks = match api.store.read_output(&req.run_id, next, LOG_BATCH) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::internal(format!("reading output: {e}")))).await;
+                            return;
+                        }
+                    };
+                    let Some(last) = chunks.last().map(|c| c.seq) else { break };
+                    for c in chunks {
+                        let chunk = pb::LogChunk {
+                            seq: c.seq,
+                            step_id: c.step_id,
+                            attempt_id: c.attempt,
+                            stream: i32::from(c.stream),
+                            data: c.data,
+                            at_ms: c.at_ms,
+                        };
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                    next = last + 1;
+                }
+                if !req.follow || ended {
+                    return;
+                }
+                tokio::select! {
+                    r = outputs.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
+                    r = changes.recv() => if let Err(broadcast::error::RecvError::Closed) = r { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        self.get_run(&req.id)?;
+        self.propose(Op::CancelRun { run_id: req.id.clone(), reason: req.reason }).await?;
+        Ok(Response::new(self.get_run(&req.id)?))
+    }
+}
+
+fn is_terminal(run: &pb::Run) -> bool {
+    matches!(
+        pb::RunState::try_from(run.state),
+        Ok(pb::RunState::Succeeded
+            | pb::RunState::Failed
+            | pb::RunState::Cancelled
+            | pb::RunState::Missed
+            | pb::RunState::NeedsAttention)
+    )
+}

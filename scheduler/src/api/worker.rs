@@ -1,0 +1,212 @@
+//! `WorkerService.Session`: one bidirectional stream per worker.
+//!
+//! The worker registers (id, labels, capacity, the attempts it runs and the results not yet
+//! acknowledged); the leader reconciles that report with the replicated state, then streams
+//! assignments and cancellations to it. Results become `AttemptFinished` commands; the
+//! acknowledgement is sent only after the result is committed.
+
+use std::pin::Pin;
+
+use baton_core::command::Op;
+use baton_proto::attempt_state_from_pb;
+use baton_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Api, ApiError, now_ms};
+use crate::engine::reconcile;
+use crate::raft::Role;
+use crate::store::OutputChunk;
+
+/// Largest capacity a worker may declare.
+const MAX_CAPACITY: u32 = 1024;
+/// How often a worker should send a heartbeat.
+pub const HEARTBEAT_INTERVAL_MS: u32 = 2_000;
+/// Largest output chunk accepted from a worker.
+const MAX_CHUNK_BYTES: usize = 256 * 1024;
+
+fn result_op(r: pb::AttemptResult) -> Result<Op, ApiError> {
+    let state = attempt_state_from_pb(r.state).map_err(|e| ApiError::invalid("result.state", e.to_string()))?;
+    if !state.is_terminal() || state == baton_core::run::AttemptState::Lost {
+        return Err(ApiError::invalid("result.state", format!("{} is not a result", state.as_str())));
+    }
+    Ok(Op::AttemptFinished {
+        attempt_id: r.attempt_id,
+        state,
+        exit_code: r.exit_code,
+        stdout_tail: r.stdout_tail,
+        stderr_tail: r.stderr_tail,
+        outputs: r.outputs.into_iter().collect(),
+        error: (!r.error.is_empty()).then_some(r.error),
+    })
+}
+
+fn validate_register(r: &pb::Register) -> Result<(), ApiError> {
+    let id_ok = !r.worker_id.is_empty()
+        && r.worker_id.len() <= 128
+        && r.worker_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if !id_ok {
+        return Err(ApiError::invalid(
+            "register.worker_id",
+            "must be 1-128 characters of letters, digits, '-', '_', '.', ':'",
+        ));
+    }
+    if r.capacity == 0 || r.capacity > MAX_CAPACITY {
+        return Err(ApiError::invalid("register.capacity", format!("must be between 1 and {MAX_CAPACITY}")));
+    }
+    Ok(())
+}
+
+impl Api {
+    /// Proposes and logs failures; used for worker reports, which have no caller to answer.
+    async fn propose_report(&self, op: Op) {
+        let name = op.name();
+        if let Err(e) = self.propose(op).await {
+            tracing::warn!(op = name, "worker report not committed: {e}");
+        }
+    }
+
+    async fn handle_session(&self, mut inbound: Streaming<pb::WorkerMessage>, tx: crate::dispatch::SessionTx) {
+        let register = match inbound.next().await {
+            Some(Ok(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Register(r)) })) => r,
+            Some(Ok(_)) => {
+                let _ = tx.send(Err(ApiError::invalid("msg", "the first message must be `register`").into())).await;
+                return;
+            }
+            _ => return,
+        };
+        if let Err(e) = validate_register(&register) {
+            let _ = tx.send(Err(e.into())).await;
+            return;
+        }
+        let status = self.node.status();
+        if status.role != Role::Leader {
+            let _ = tx.send(Err(ApiError::NotLeader { leader_hint: status.leader_id }.into())).await;
+            return;
+        }
+        let worker = register.worker_id.clone();
+        let reported: Vec<u64> = register.unacked_results.iter().map(|r| r.attempt_id).collect();
+        // Register and reconcile under one read of the state: apply cannot interleave, so every
+        // assignment is either in the reconciled state or committed after the registration.
+        let (no, lost) = self.node.read(|s| {
+            let no = self.workers.register(
+                &worker,
+                tx.clone(),
+                register.capacity,
+                register.labels.clone().into_iter().collect(),
+                now_ms(),
+                s.applied_index,
+            );
+            (no, reconcile(s, &worker, &register.running_attempts, &reported))
+        });
+        tracing::info!(worker, capacity = register.capacity, running = register.running_attempts.len(), "worker registered");
+        let registered = pb::Registered { worker_id: worker.clone(), heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS, term: status.term };
+        if tx.send(Ok(pb::ServerMessage { msg: Some(pb::server_message::Msg::Registered(registered)) })).await.is_err() {
+            self.workers.unregister(&worker, no);
+            return;
+        }
+        for op in lost {
+            self.propose_report(op).await;
+        }
+        for r in register.unacked_results {
+            match result_op(r) {
+                Ok(op) => self.propose_report(op).await,
+                Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
+            }
+        }
+        while let Some(msg) = inbound.next().await {
+            let msg = match msg {
+                Ok(pb::WorkerMessage { msg: Some(m) }) => m,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::info!(worker, "worker stream ended: {e}");
+                    break;
+                }
+            };
+            match msg {
+                pb::worker_message::Msg::Heartbeat(_) => {}
+                pb::worker_message::Msg::Register(_) => {
+                    tracing::warn!(worker, "ignoring a second register on one session");
+                }
+                pb::worker_message::Msg::Started(s) => {
+                    let api = self.clone();
+                    tokio::spawn(async move { api.propose_report(Op::AttemptStarted { attempt_id: s.attempt_id }).await });
+                }
+                pb::worker_message::Msg::Output(o) => self.store_output(&worker, o),
+                pb::worker_message::Msg::Result(r) => {
+                    // Output sent before the result must be durable before the result commits.
+                    if let Err(e) = self.store.flush_outputs() {
+                        tracing::error!("flushing output: {e}");
+                    }
+                    match result_op(r) {
+                        Ok(op) => {
+                            let api = self.clone();
+                            tokio::spawn(async move { api.propose_report(op).await });
+                        }
+                        Err(e) => tracing::warn!(worker, "bad result: {e}"),
+                    }
+                }
+            }
+        }
+        self.workers.unregister(&worker, no);
+        tracing::info!(worker, "worker disconnected");
+    }
+
+    fn store_output(&self, worker: &str, o: pb::OutputChunk) {
+        if o.data.len() > MAX_CHUNK_BYTES {
+            tracing::warn!(worker, attempt = o.attempt_id, "dropping an oversized output chunk");
+            return;
+        }
+        let stream = match pb::Stream::try_from(o.stream) {
+            Ok(pb::Stream::Stdout) => 1,
+            Ok(pb::Stream::Stderr) => 2,
+            _ => return,
+        };
+        // Only output of an attempt this worker holds is kept.
+        let known = self.node.read(|s| {
+            s.active_attempts.get(&o.attempt_id).is_some_and(|(run_id, si)| {
+                run_id == &o.run_id
+                    && s.runs[run_id].steps[*si].id == o.step_id
+                    && s.runs[run_id].steps[*si].active_attempt().is_some_and(|a| a.worker == worker)
+            })
+        });
+        if !known {
+            return;
+        }
+        // Attempt ids grow with every assignment, so (attempt, chunk) orders a run's output.
+        let chunk = OutputChunk {
+            seq: (o.attempt_id << 32) | u64::from(o.chunk_no),
+            step_id: o.step_id,
+            attempt: o.attempt_id,
+            stream,
+            data: o.data,
+            at_ms: o.at_ms,
+        };
+        match self.store.append_output(&o.run_id, &chunk) {
+            Ok(()) => {
+                let _ = self.output_changes.send(o.run_id);
+            }
+            Err(e) => tracing::error!("storing output: {e}"),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for Api {
+    type SessionStream = BoxStream<pb::ServerMessage>;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let api = self.clone();
+        tokio::spawn(async move { api.handle_session(inbound, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,153 @@
+//! Dispatch: the connected workers and the acting-out of apply's [`Effect`]s.
+//!
+//! Assignments reach a worker only after they are committed (apply emits `Effect::Dispatch`),
+//! and only on the leader. A session registered after an assignment was committed never gets
+//! it: the engine reconciled that attempt against what the worker reported on registering.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use baton_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use crate::engine::WorkerSlot;
+use crate::fsm::Effect;
+use crate::raft::{NodeHandle, Role};
+
+/// The stream half that carries server messages to one worker.
+pub type SessionTx = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+struct Session {
+    no: u64,
+    tx: SessionTx,
+    capacity: u32,
+    labels: BTreeMap<String, String>,
+    connected_at_ms: i64,
+    /// The applied index when it registered: assignments at or below it are not sent.
+    registered_at_index: u64,
+}
+
+/// Workers connected to this node, by id. At most one session per worker id: a newer one
+/// replaces the older.
+#[derive(Default)]
+pub struct Workers {
+    sessions: Mutex<HashMap<String, Session>>,
+    order: Mutex<Vec<String>>,
+    next_no: Mutex<u64>,
+}
+
+impl Workers {
+    /// Registers a session and returns its number (used to unregister only that session).
+    pub fn register(
+        &self,
+        id: &str,
+        tx: SessionTx,
+        capacity: u32,
+        labels: BTreeMap<String, String>,
+        now_ms: i64,
+        applied_index: u64,
+    ) -> u64 {
+        let no = {
+            let mut n = self.next_no.lock().unwrap_or_else(|e| e.into_inner());
+            *n += 1;
+            *n
+        };
+        let session = Session { no, tx, capacity, labels, connected_at_ms: now_ms, registered_at_index: applied_index };
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session);
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        order.retain(|w| w != id);
+        order.push(id.to_string());
+        no
+    }
+
+    /// Removes the session `no` of worker `id` (not a newer one that replaced it).
+    pub fn unregister(&self, id: &str, no: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.get(id).is_some_and(|s| s.no == no) {
+            sessions.remove(id);
+            self.order.lock().unwrap_or_else(|e| e.into_inner()).retain(|w| w != id);
+        }
+    }
+
+    /// Connected workers for the engine, in registration order.
+    pub fn slots(&self) -> Vec<WorkerSlot> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        order
+            .iter()
+            .filter_map(|id| sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.capacity }))
+            .collect()
+    }
+
+    /// Connected workers for `ClusterService.Status`.
+    pub fn infos(&self, load: &BTreeMap<&str, u32>) -> Vec<pb::WorkerInfo> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<pb::WorkerInfo> = sessions
+            .iter()
+            .map(|(id, s)| pb::WorkerInfo {
+                id: id.clone(),
+                labels: s.labels.clone().into_iter().collect(),
+                capacity: s.capacity,
+                running: load.get(id.as_str()).copied().unwrap_or(0),
+                connected_at_ms: s.connected_at_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Sends to a worker; false if it is not connected (or registered after `after_index`).
+    fn send(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>) -> bool {
+        let tx = {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match sessions.get(worker) {
+                Some(s) if committed_at.is_none_or(|i| i > s.registered_at_index) => s.tx.clone(),
+                _ => return false,
+            }
+        };
+        tx.try_send(Ok(pb::ServerMessage { msg: Some(msg) })).is_ok()
+    }
+}
+
+/// Acts out apply's effects until the node stops.
+pub async fn run_effects(
+    mut rx: mpsc::UnboundedReceiver<Effect>,
+    node: NodeHandle,
+    workers: std::sync::Arc<Workers>,
+    run_changes: broadcast::Sender<String>,
+) {
+    while let Some(effect) = rx.recv().await {
+        let leader = node.status().role == Role::Leader;
+        match effect {
+            Effect::RunChanged(id) => {
+                let _ = run_changes.send(id);
+            }
+            Effect::Dispatch(a) if leader => {
+                let id = a.attempt_id;
+                let worker = a.worker.clone();
+                let msg = pb::server_message::Msg::Assign(pb::Assignment {
+                    attempt_id: a.attempt_id,
+                    run_id: a.run_id,
+                    step_id: a.step_id,
+                    fence: Some(pb::Fence { term: a.fence.term, index: a.fence.index }),
+                    argv: a.argv,
+                    env: a.env.into_iter().collect(),
+                    workdir: a.workdir.unwrap_or_default(),
+                    timeout_ms: a.timeout_ms.unwrap_or(0),
+                });
+                if !workers.send(&worker, msg, Some(id)) {
+                    // The engine declares it lost once the worker's absence is confirmed.
+                    tracing::warn!(attempt = id, worker, "assignment committed but its worker is not connected");
+                }
+            }
+            Effect::CancelAttempt { worker, attempt_id } if leader => {
+                workers.send(&worker, pb::server_message::Msg::Cancel(pb::CancelAttempt { attempt_id }), None);
+            }
+            Effect::AckResult { worker, attempt_id } if leader => {
+                workers.send(&worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id }), None);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! The replicated state machine: what `apply` does with each committed [`Command`].
+//!
+//! `apply` is deterministic. It reads nothing but its arguments (the entry's index and term and
+//! the leader-stamped command) and the current [`State`]; it never reads a clock, draws a random
+//! number or does I/O. A command that is stale or duplicated (a second fire of one tick, a
+//! result for an attempt that already ended) is ignored, so re-proposals are harmless. What the
+//! node must do outside the state machine afterwards (send an assignment, wake watchers) comes
+//! back as [`Effect`]s, and the outcome for the proposer as a [`Reply`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_core::command::{Command, Op};
+use baton_core::run::{Attempt, AttemptState, Fence, Run, RunState, StepRun, StepState, Trigger};
+use baton_core::{Runbook, Schedule};
+use serde::{Deserialize, Serialize};
+
+/// All replicated state. Serialized whole into snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Runbooks by name.
+    pub runbooks: BTreeMap<String, RunbookEntry>,
+    /// Schedules by name.
+    pub schedules: BTreeMap<String, ScheduleState>,
+    /// Runs by id.
+    pub runs: BTreeMap<String, Run>,
+    /// Run ids in the order they were created (key: log index of the creating entry).
+    pub run_order: BTreeMap<u64, String>,
+    /// Runs that are neither terminal nor waiting for an operator: the engine's work list.
+    pub active_runs: BTreeSet<String>,
+    /// Idempotency key -> run id.
+    pub idempotency: BTreeMap<String, String>,
+    /// Attempts that are assigned or running -> (run id, step index).
+    pub active_attempts: BTreeMap<u64, (String, usize)>,
+    /// Index of the last applied entry.
+    pub applied_index: u64,
+}
+
+/// A runbook and every version ever applied (runs are pinned to one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunbookEntry {
+    /// The version new runs use.
+    pub current: String,
+    /// Every version by content hash.
+    pub versions: BTreeMap<String, Runbook>,
+    /// When the current version was applied.
+    pub applied_at_ms: i64,
+}
+
+impl RunbookEntry {
+    /// The current version.
+    pub fn current(&self) -> &Runbook {
+        &self.versions[&self.current]
+    }
+}
+
+/// A schedule and its replicated firing position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The definition.
+    pub schedule: Schedule,
+    /// The next tick to fire or record as missed; `None` if the expression has no future tick.
+    pub next_fire_at_ms: Option<i64>,
+    /// The last tick fired or recorded as missed.
+    pub last_tick_ms: Option<i64>,
+    /// Runs fired so far.
+    pub runs_fired: u64,
+    /// Ticks recorded as missed so far.
+    pub ticks_missed: u64,
+}
+
+/// What the proposer of a command learns once it is applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Applied; nothing more to say.
+    Done,
+    /// A runbook or schedule was stored (`changed` is false for an identical re-apply).
+    Applied {
+        /// Content hash for runbooks, empty for schedules.
+        version: String,
+        /// False when the same definition was already there.
+        changed: bool,
+    },
+    /// A run exists for the request (`deduplicated`: it was created by an earlier request).
+    Run {
+        /// The run id.
+        run_id: String,
+        /// True when an idempotency key matched an earlier run.
+        deduplicated: bool,
+    },
+    /// The command was refused; state did not change.
+    Rejected(String),
+}
+
+/// Work for the node after apply, outside the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A run changed: wake watchers.
+    RunChanged(String),
+    /// An attempt was committed: send it to its worker (leader only).
+    Dispatch(Assignment),
+    /// Ask a worker to stop an attempt.
+    CancelAttempt {
+        /// Worker id.
+        worker: String,
+        /// Attempt id.
+        attempt_id: u64,
+    },
+    /// An attempt's outcome is committed: the worker may forget it.
+    AckResult {
+        /// Worker id.
+        worker: String,
+        /// Attempt id.
+        attempt_id: u64,
+    },
+}
+
+/// A committed assignment, as sent to the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// Attempt id (the log index of the assigning entry).
+    pub attempt_id: u64,
+    /// Run id.
+    pub run_id: String,
+    /// Step id.
+    pub step_id: String,
+    /// Worker id.
+    pub worker: String,
+    /// Fencing token.
+    pub fence: Fence,
+    /// Rendered argv.
+    pub argv: Vec<String>,
+    /// Rendered environment.
+    pub env: BTreeMap<String, String>,
+    /// Rendered working directory.
+    pub workdir: Option<String>,
+    /// Step timeout.
+    pub timeout_ms: Option<u64>,
+}
+
+impl State {
+    /// Applies one committed command at (`index`, `term`).
+    pub fn apply(&mut self, index: u64, term: u64, cmd: Command) -> (Reply, Vec<Effect>) {
+        self.applied_index = index;
+        let mut fx = Vec::new();
+        let now = cmd.at_ms;
+        let reply = match cmd.op {
+            Op::ApplyRunbook { runbook } => self.apply_runbook(runbook, now),
+            Op::ApplySchedule { schedule } => self.apply_schedule(schedule, now),
+            Op::StartRun { run_id, runbook, params, idempotency_key } => {
+                self.start_run(index, now, run_id, &runbook, params, idempotency_key, &mut fx)
+            }
+            Op::Fire { schedule, tick_ms } => self.fire(index, now, &schedule, tick_ms, &mut fx),
+            Op::RecordMissed { schedule, first_tick_ms, last_tick_ms, count } => {
+                self.record_missed(index, now, &schedule, first_tick_ms, last_tick_ms, count, &mut fx)
+            }
+            Op::Assign { run_id, step_id, worker, argv, env, workdir, timeout_ms } => {
+                let a = Assignment {
+                    attempt_id: index,
+                    run_id,
+                    step_id,
+                    worker,
+                    fence: Fence { term, index },
+                    argv,
+                    env,
+                    workdir,
+                    timeout_ms,
+                };
+                self.assign(now, a, &mut fx)
+            }
+            Op::RenderFailed { run_id, step_id, error } => {
+                self.render_failed(now, &run_id, &step_id, error, &mut fx)
+            }
+            Op::AttemptStarted { attempt_id } => self.attempt_started(now, attempt_id, &mut fx),
+            Op::AttemptFinished { attempt_id, state, exit_code, stdout_tail, stderr_tail, outputs, error } => {
+                let result = AttemptResult { state, exit_code, stdout_tail, stderr_tail, outputs, error };
+                self.attempt_finished(now, attempt_id, result, &mut fx)
+            }
+            Op::AttemptLost { attempt_id, reason } => {
+                let result = AttemptResult {
+                    state: AttemptState::Lost,
+                    exit_code: None,
+                    stdout_tail: String::new(),
+                    stderr_tail: String::new(),
+                    outputs: BTreeMap::new(),
+                    error: Some(reason),
+                };
+                self.attempt_finished(now, attempt_id, result, &mut fx)
+            }
+            Op::CancelRun { run_id, reason } => self.cancel_run(now, &run_id, reason, &mut fx),
+        };
+        (reply, fx)
+    }
+
+    /// The runbook version a run is pinned to.
+    pub fn runbook_of(&self, run: &Run) -> Option<&Runbook> {
+        self.runbooks.get(&run.runbook)?.versions.get(&run.version)
+    }
+
+    /// Runs, newest first, optionally of one runbook.
+    pub fn runs_newest_first<'a>(&'a self, runbook: &'a str) -> impl Iterator<Item = &'a Run> + 'a {
+        self.run_order
+            .values()
+            .rev()
+            .filter_map(|id| self.runs.get(id))
+            .filter(move |r| runbook.is_empty() || r.runbook == runbook)
+    }
+
+    /// How many attempts each worker has assigned or running.
+    pub fn load_by_worker(&self) -> BTreeMap<&str, u32> {
+        let mut load = BTreeMap::new();
+        for (run_id, step) in self.active_attempts.values() {
+            if let Some(a) = self.runs.get(run_id).and_then(|r| r.steps[*step].active_attempt()) {
+                *load.entry(a.worker.as_str()).or_insert(0) += 1;
+            }
+        }
+        load
+    }
+
+    fn apply_runbook(&mut self, runbook: Runbook, now: i64) -> Reply {
+        let version = runbook.version.clone();
+        let entry = self.runbooks.entry(runbook.name.clone()).or_insert_with(|| RunbookEntry {
+            current: version.clone(),
+            versions: BTreeMap::new(),
+            applied_at_ms: now,
+        });
+        let changed = entry.current != version || entry.versions.is_empty();
+        if changed {
+            entry.applied_at_ms = now;
+        }
+        entry.current = version.clone();
+        entry.versions.entry(version.clone()).or_insert(runbook);
+        Reply::Applied { version, changed }
+    }
+
+    fn apply_schedule(&mut self, schedule: Schedule, now: i64) -> Reply {
+        if !self.runbooks.contains_key(&schedule.runbook) {
+            return Reply::Rejected(format!(
+                "schedule {}: runbook {:?} does not exist; apply it first",
+                schedule.name, schedule.runbook
+            ));
+        }
+        let rb = self.runbooks[&schedule.runbook].current();
+        if let Err(e) = rb.resolve_params(&schedule.params) {
+            return Reply::Rejected(format!("schedule {}: {e}", schedule.name));
+        }
+        if let Some(old) = self.schedules.get(&schedule.name)
+            && old.schedule == schedule
+        {
+            return Reply::Applied { version: String::new(), changed: false };
+        }
+        let next = schedule.next_after(now);
+        let (fired, missed, last) = match self.schedules.get(&schedule.name) {
+            Some(old) => (old.runs_fired, old.ticks_missed, old.last_tick_ms),
+            None => (0, 0, None),
+        };
+        self.schedules.insert(
+            schedule.name.clone(),
+            ScheduleState {
+                schedule,
+                next_fire_at_ms: next,
+                last_tick_ms: last,
+                runs_fired: fired,
+                ticks_missed: missed,
+            },
+        );
+        Reply::Applied { version: String::new(), changed: true }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_run(
+        &mut self,
+        index: u64,
+        now: i64,
+        run_id: String,
+        runbook: &str,
+        params: BTreeMap<String, serde_json::Value>,
+        idempotency_key: Option<String>,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        if let Some(key) = &idempotency_key
+            && let Some(existing) = self.idempotency.get(key)
+        {
+            return Reply::Run { run_id: existing.clone(), deduplicated: true };
+        }
+        if self.runs.contains_key(&run_id) {
+            return Reply::Run { run_id, deduplicated: true };
+        }
+        let Some(entry) = self.runbooks.get(runbook) else {
+            return Reply::Rejected(format!("runbook {runbook:?} does not exist"));
+        };
+        let rb = entry.current();
+        let params = match rb.resolve_params(&params) {
+            Ok(p) => p,
+            Err(e) => return Reply::Rejected(e.to_string()),
+        };
+        let run = new_run(rb, run_id.clone(), params, Trigger::Api, now, idempotency_key.clone());
+        if let Some(key) = idempotency_key {
+            self.idempotency.insert(key, run_id.clone());
+        }
+        self.insert_run(index, run, fx);
+        Reply::Run { run_id, deduplicated: false }
+    }
+
+    fn fire(&mut self, index: u64, now: i64, name: &str, tick_ms: i64, fx: &mut Vec<Effect>) -> Reply {
+        let Some(s) = self.schedules.get(name) else {
+            return Reply::Rejected(format!("schedule {name:?} does not exist"));
+        };
+        if s.next_fire_at_ms != Some(tick_ms) {
+            // Already fired (or recorded as missed): a tick makes at most one run.
+            return Reply::Done;
+        }
+        let schedule = s.schedule.clone();
+        let run_id = Run::scheduled_id(name, tick_ms);
+        let trigger = Trigger::Schedule { name: name.to_string(), tick_ms };
+        let created = match self.runbooks.get(&schedule.runbook) {
+            None => Err(format!("runbook {:?} does not exist", schedule.runbook)),
+            Some(entry) => {
+                let rb = entry.current();
+                rb.resolve_params(&schedule.params)
+                    .map(|p| new_run(rb, run_id.clone(), p, trigger.clone(), now, None))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let run = created.unwrap_or_else(|error| Run {
+            // The tick still leaves a visible record when the run cannot be made.
+            id: run_id.clone(),
+            runbook: schedule.runbook.clone(),
+            version: String::new(),
+            params: BTreeMap::new(),
+            trigger,
+            state: RunState::Failed,
+            steps: Vec::new(),
+            created_at_ms: now,
+            started_at_ms: 0,
+            finished_at_ms: now,
+            error: Some(error),
+            idempotency_key: None,
+            missed_ticks: 0,
+            cancel_requested: false,
+        });
+        let s = self.schedules.get_mut(name).expect("checked above");
+        s.last_tick_ms = Some(tick_ms);
+        s.next_fire_at_ms = schedule.next_after(tick_ms);
+        s.runs_fired += 1;
+        self.insert_run(index, run, fx);
+        Reply::Run { run_id, deduplicated: false }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_missed(
+        &mut self,
+        index: u64,
+        now: i64,
+        name: &str,
+        first_tick_ms: i64,
+        last_tick_ms: i64,
+        count: u64,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(s) = self.schedules.get_mut(name) else {
+            return Reply::Rejected(format!("schedule {name:?} does not exist"));
+        };
+        if s.next_fire_at_ms != Some(first_tick_ms) || last_tick_ms < first_tick_ms || count == 0 {
+            return Reply::Done;
+        }
+        s.last_tick_ms = Some(last_tick_ms);
+        s.next_fire_at_ms = s.schedule.next_after(last_tick_ms);
+        s.ticks_missed += count;
+        let run = Run {
+            id: format!("{}-missed", Run::scheduled_id(name, first_tick_ms)),
+            runbook: s.schedule.runbook.clone(),
+            version: String::new(),
+            params: BTreeMap::new(),
+            trigger: Trigger::Schedule { name: name.to_string(), tick_ms: first_tick_ms },
+            state: RunState::Missed,
+            steps: Vec::new(),
+            created_at_ms: now,
+            started_at_ms: 0,
+            finished_at_ms: now,
+            error: Some(format!(
+                "{count} tick(s) from {first_tick_ms} to {last_tick_ms} were missed: no leader could fire them in time"
+            )),
+            idempotency_key: None,
+            missed_ticks: count,
+            cancel_requested: false,
+        };
+        let id = run.id.clone();
+        self.insert_run(index, run, fx);
+        Reply::Run { run_id: id, deduplicated: false }
+    }
+
+    fn assign(&mut self, now: i64, a: Assignment, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(&a.run_id) else {
+            return Reply::Rejected(format!("run {:?} does not exist", a.run_id));
+        };
+        let Some(si) = next_step(run) else { return Reply::Done };
+        let step = &mut run.steps[si];
+        // Only the run's next pending step may be assigned, and only once at a time.
+        if step.id != a.step_id || step.state != StepState::Pending || run.cancel_requested {
+            return Reply::Done;
+        }
+        let number = step.attempts.len() as u32 + 1;
+        step.attempts.push(Attempt {
+            id: a.attempt_id,
+            number,
+            worker: a.worker.clone(),
+            fence: a.fence,
+            state: AttemptState::Assigned,
+            assigned_at_ms: now,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            exit_code: None,
+            error: None,
+            argv: a.argv.clone(),
+        });
+        step.state = StepState::Running;
+        if step.started_at_ms == 0 {
+            step.started_at_ms = now;
+        }
+        if run.state == RunState::Pending {
+            run.state = RunState::Running;
+            run.started_at_ms = now;
+        }
+        self.active_attempts.insert(a.attempt_id, (a.run_id.clone(), si));
+        fx.push(Effect::RunChanged(a.run_id.clone()));
+        fx.push(Effect::Dispatch(a));
+        Reply::Done
+    }
+
+    fn render_failed(&mut self, now: i64, run_id: &str, step_id: &str, error: String, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
+        let Some(si) = next_step(run) else { return Reply::Done };
+        let step = &mut run.steps[si];
+        if step.id != step_id || step.state != StepState::Pending {
+            return Reply::Done;
+        }
+        step.state = StepState::Failed;
+        step.error = Some(format!("could not render inputs: {error}"));
+        step.finished_at_ms = now;
+        let msg = format!("step {step_id} failed: could not render inputs: {error}");
+        self.finish_run(run_id, RunState::Failed, Some(msg), now);
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn attempt_started(&mut self, now: i64, attempt_id: u64, fx: &mut Vec<Effect>) -> Reply {
+        let Some((run_id, si)) = self.active_attempts.get(&attempt_id).cloned() else {
+            return Reply::Done;
+        };
+        let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        if let Some(a) = run.steps[si].attempts.iter_mut().find(|a| a.id == attempt_id)
+            && a.state == AttemptState::Assigned
+        {
+            a.state = AttemptState::Running;
+            a.started_at_ms = now;
+            fx.push(Effect::RunChanged(run_id));
+        }
+        Reply::Done
+    }
+
+    fn attempt_finished(&mut self, now: i64, attempt_id: u64, r: AttemptResult, fx: &mut Vec<Effect>) -> Reply {
+        let Some((run_id, si)) = self.active_attempts.remove(&attempt_id) else {
+            // Already resolved: a re-sent result. Acknowledge again so the worker forgets it.
+            if let Some(worker) = self.worker_of(attempt_id) {
+                fx.push(Effect::AckResult { worker, attempt_id });
+            }
+            return Reply::Done;
+        };
+        let idempotent = {
+            let run = &self.runs[&run_id];
+            self.runbook_of(run).and_then(|rb| rb.steps.get(si)).is_some_and(|s| s.idempotent)
+        };
+        let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        let cancel_requested = run.cancel_requested;
+        let step = &mut run.steps[si];
+        let attempt = step.attempts.iter_mut().find(|a| a.id == attempt_id).expect("attempt exists");
+        attempt.state = if r.state.is_terminal() { r.state } else { AttemptState::Failed };
+        attempt.finished_at_ms = now;
+        attempt.exit_code = r.exit_code;
+        attempt.error = r.error.clone();
+        let worker = attempt.worker.clone();
+        let attempt_state = attempt.state;
+        if attempt_state != AttemptState::Lost {
+            step.exit_code = r.exit_code;
+            step.stdout_tail = r.stdout_tail;
+            step.stderr_tail = r.stderr_tail;
+        }
+        let step_id = step.id.clone();
+        let (step_state, run_end): (StepState, Option<(RunState, Option<String>)>) = match attempt_state {
+            AttemptState::Succeeded => {
+                step.outputs = r.outputs;
+                (StepState::Succeeded, None)
+            }
+            AttemptState::Cancelled => (StepState::Cancelled, Some((RunState::Cancelled, None))),
+            AttemptState::Lost if idempotent && !cancel_requested => (StepState::Pending, None),
+            AttemptState::Lost => {
+                let why = r.error.unwrap_or_default();
+                let msg = format!(
+                    "step {step_id}: attempt {attempt_id} on worker {worker} was lost ({why}); its outcome is unknown and the step is not idempotent, so it was not retried"
+                );
+                (StepState::Lost, Some((RunState::NeedsAttention, Some(msg))))
+            }
+            _ => {
+                let what = match (attempt_state, r.exit_code) {
+                    (AttemptState::TimedOut, _) => "timed out".to_string(),
+                    (_, Some(code)) => format!("exited with code {code}"),
+                    _ => r.error.clone().unwrap_or_else(|| "failed".into()),
+                };
+                step.error = r.error.or_else(|| Some(what.clone()));
+                (StepState::Failed, Some((RunState::Failed, Some(format!("step {step_id} {what}")))))
+            }
+        };
+        step.state = step_state;
+        if step_state != StepState::Pending {
+            step.finished_at_ms = now;
+        }
+        let all_done = run.steps.iter().all(|s| s.state == StepState::Succeeded);
+        if let Some((state, error)) = run_end {
+            self.finish_run(&run_id, state, error, now);
+        } else if cancel_requested {
+            self.finish_run(&run_id, RunState::Cancelled, Some("cancelled".into()), now);
+        } else if all_done {
+            self.finish_run(&run_id, RunState::Succeeded, None, now);
+        }
+        fx.push(Effect::RunChanged(run_id));
+        fx.push(Effect::AckResult { worker, attempt_id });
+        Reply::Done
+    }
+
+    fn cancel_run(&mut self, now: i64, run_id: &str, reason: String, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        if run.state.is_terminal() {
+            return Reply::Done;
+        }
+        run.cancel_requested = true;
+        let reason = if reason.is_empty() { "cancelled by an operator".to_string() } else { reason };
+        let active: Vec<(String, u64)> = run
+            .steps
+            .iter()
+            .filter_map(|s| s.active_attempt())
+            .map(|a| (a.worker.clone(), a.id))
+            .collect();
+        if active.is_empty() {
+            for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+                s.state = StepState::Cancelled;
+            }
+            self.finish_run(run_id, RunState::Cancelled, Some(reason), now);
+        } else {
+            run.error = Some(reason);
+            for (worker, attempt_id) in active {
+                fx.push(Effect::CancelAttempt { worker, attempt_id });
+            }
+        }
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn insert_run(&mut self, index: u64, run: Run, fx: &mut Vec<Effect>) {
+        let id = run.id.clone();
+        if !run.state.is_terminal() {
+            self.active_runs.insert(id.clone());
+        }
+        self.run_order.insert(index, id.clone());
+        self.runs.insert(id.clone(), run);
+        fx.push(Effect::RunChanged(id));
+    }
+
+    fn finish_run(&mut self, run_id: &str, state: RunState, error: Option<String>, now: i64) {
+        let run = self.runs.get_mut(run_id).expect("finish_run on an existing run");
+        run.state = state;
+        if state.is_terminal() {
+            run.finished_at_ms = now;
+            for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+                if state == RunState::Cancelled {
+                    s.state = StepState::Cancelled;
+                }
+            }
+        }
+        if error.is_some() {
+            run.error = error;
+        }
+        self.active_runs.remove(run_id);
+    }
+
+    fn worker_of(&self, attempt_id: u64) -> Option<String> {
+        // Resolved attempts are rare to look up (re-sent results only), so a scan is fine.
+        self.runs
+            .values()
+            .rev()
+            .flat_map(|r| r.steps.iter())
+            .flat_map(|s| s.attempts.iter())
+            .find(|a| a.id == attempt_id)
+            .map(|a| a.worker.clone())
+    }
+}
+
+/// A finished attempt's report.
+struct AttemptResult {
+    state: AttemptState,
+    exit_code: Option<i32>,
+    stdout_tail: String,
+    stderr_tail: String,
+    outputs: BTreeMap<String, String>,
+    error: Option<String>,
+}
+
+/// The first step of a run that has not succeeded: the one to work on next.
+pub fn next_step(run: &Run) -> Option<usize> {
+    run.steps.iter().position(|s| s.state != StepState::Succeeded)
+}
+
+fn new_run(
+    rb: &Runbook,
+    id: String,
+    params: BTreeMap<String, serde_json::Value>,
+    trigger: Trigger,
+    now: i64,
+    idempotency_key: Option<String>,
+) -> Run {
+    Run {
+        id,
+        runbook: rb.name.clone(),
+        version: rb.version.clone(),
+        params,
+        trigger,
+        state: RunState::Pending,
+        steps: rb.steps.iter().map(|s| StepRun::pending(&s.id)).collect(),
+        created_at_ms: now,
+        started_at_ms: 0,
+        finished_at_ms: 0,
+        error: None,
+        idempotency_key,
+        missed_ticks: 0,
+        cancel_requested: false,
+    }
+}

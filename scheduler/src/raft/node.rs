@@ -1,0 +1,453 @@
+//! The Ready loop and its handle.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use baton_core::command::Command;
+use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
+use raft::{RawNode, StateRole};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::fsm::{Effect, Reply, State};
+use crate::store::{Persist, RaftStorage, Store};
+
+/// How the node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id.
+    pub id: u64,
+    /// Interval of one Raft tick.
+    pub tick: Duration,
+    /// Take a state-machine snapshot (and compact the log) after this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1, tick: Duration::from_millis(100), snapshot_every: 2_000 }
+    }
+}
+
+/// The node's role as last seen by the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Accepts proposals.
+    Leader,
+    /// Forwards to the leader.
+    Follower,
+    /// Trying to become leader.
+    Candidate,
+}
+
+impl Role {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+        }
+    }
+}
+
+/// Raft progress, published by the loop after every Ready.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub id: u64,
+    /// Current role.
+    pub role: Role,
+    /// Known leader (0: none).
+    pub leader_id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Index of the latest state-machine snapshot.
+    pub snapshot_index: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+    /// Increases every time this node becomes leader.
+    pub leader_epoch: u64,
+}
+
+/// Why a proposal did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader.
+    #[error("this node is not the leader (leader: {leader_hint})")]
+    NotLeader {
+        /// The leader's id if known (0: unknown).
+        leader_hint: u64,
+    },
+    /// The node stopped or the entry was dropped (for example by a leader change).
+    #[error("the proposal was dropped: {0}")]
+    Dropped(String),
+}
+
+enum Msg {
+    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<Reply, ProposeError>> },
+    Stop,
+}
+
+/// The async side's handle on the node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Msg>,
+    state: Arc<RwLock<State>>,
+    status: Arc<Mutex<NodeStatus>>,
+    applied: broadcast::Sender<u64>,
+}
+
+impl NodeHandle {
+    /// Proposes a command and waits until it is applied on this node.
+    pub async fn propose(&self, cmd: &Command) -> Result<Reply, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Propose { data: cmd.encode(), reply })
+            .map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?
+    }
+
+    /// Runs `f` over the applied state. Never call it across an `.await`.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The latest published Raft status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notified with the applied index after every batch of applied entries.
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Stops the loop (it finishes the current Ready first).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+/// Starts the node's loop on its own thread. `effects` receives every [`Effect`] of apply.
+pub fn start_node(
+    config: NodeConfig,
+    store: Arc<dyn Store>,
+    effects: tokio::sync::mpsc::UnboundedSender<Effect>,
+) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
+    let logger = super::slog_tracing::logger();
+    let mut initial = store.initial_state()?;
+    if initial.conf_state.voters.is_empty() {
+        // First start: this node is the single voter of a new cluster.
+        let cs = ConfState { voters: vec![config.id], ..Default::default() };
+        store.set_conf_state(&cs)?;
+        initial = store.initial_state()?;
+    }
+    // Recover the state machine from its snapshot; the loop re-applies the log after it.
+    let snapshot = store.snapshot()?;
+    let mut state = State::default();
+    if !snapshot.data.is_empty() {
+        state = serde_json::from_slice(&snapshot.data)
+            .map_err(|e| anyhow::anyhow!("state-machine snapshot at index {} is unreadable: {e}", snapshot.get_metadata().index))?;
+    }
+    let snap_index = snapshot.get_metadata().index;
+    let raft_config = raft::Config {
+        id: config.id,
+        election_tick: 10,
+        heartbeat_tick: 3,
+        applied: snap_index,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    raft_config.validate()?;
+    let mut raw = RawNode::new(&raft_config, RaftStorage(store.clone()), &logger)?;
+    let single_voter = initial.conf_state.voters == [config.id] && initial.conf_state.learners.is_empty();
+    if single_voter {
+        // A single voter can elect itself at once instead of waiting out an election timeout.
+        raw.campaign()?;
+    }
+    let status = NodeStatus {
+        id: config.id,
+        role: Role::Follower,
+        leader_id: 0,
+        term: initial.hard_state.term,
+        commit: initial.hard_state.commit,
+        applied: snap_index,
+        snapshot_index: snap_index,
+        voters: initial.conf_state.voters.clone(),
+        leader_epoch: 0,
+    };
+    let (tx, rx) = mpsc::channel();
+    let (applied_tx, _) = broadcast::channel(64);
+    let handle = NodeHandle {
+        tx,
+        state: Arc::new(RwLock::new(state)),
+        status: Arc::new(Mutex::new(status)),
+        applied: applied_tx,
+    };
+    let mut lp = Loop {
+        config,
+        raw,
+        store,
+        state: handle.state.clone(),
+        status: handle.status.clone(),
+        applied_tx: handle.applied.clone(),
+        effects,
+        pending: HashMap::new(),
+        next_proposal: 1,
+        conf_state: initial.conf_state,
+        last_snapshot: snap_index,
+        role: StateRole::Follower,
+        replay_until: initial.hard_state.commit,
+    };
+    let thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
+        if let Err(e) = lp.run(rx) {
+            // A node that cannot persist must not go on acknowledging anything.
+            tracing::error!("raft loop stopped: {e:#}");
+            std::process::exit(70);
+        }
+    })?;
+    Ok((handle, thread))
+}
+
+struct Loop {
+    config: NodeConfig,
+    raw: RawNode<RaftStorage>,
+    store: Arc<dyn Store>,
+    state: Arc<RwLock<State>>,
+    status: Arc<Mutex<NodeStatus>>,
+    applied_tx: broadcast::Sender<u64>,
+    effects: tokio::sync::mpsc::UnboundedSender<Effect>,
+    /// Proposals of this node waiting to be applied, by the id in their entry context.
+    pending: HashMap<u64, oneshot::Sender<Result<Reply, ProposeError>>>,
+    next_proposal: u64,
+    conf_state: ConfState,
+    last_snapshot: u64,
+    role: StateRole,
+    /// Entries up to here were committed before this process started. Their assignments may
+    /// or may not have reached a worker, so they are never sent again: the engine reconciles
+    /// them with what workers report, and an unknown outcome becomes `lost`.
+    replay_until: u64,
+}
+
+impl Loop {
+    fn run(&mut self, rx: mpsc::Receiver<Msg>) -> anyhow::Result<()> {
+        let mut last_tick = Instant::now();
+        loop {
+            // 1. Wait for input or the next tick; then take everything queued, so all
+            //    proposals that arrived meanwhile share one Ready and one fsync (group commit).
+            let wait = self.config.tick.saturating_sub(last_tick.elapsed());
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            for msg in first.into_iter().chain(rx.try_iter()) {
+                match msg {
+                    Msg::Propose { data, reply } => self.propose(data, reply),
+                    Msg::Stop => return Ok(()),
+                }
+            }
+            // 2. Drive Raft's logical clock.
+            if last_tick.elapsed() >= self.config.tick {
+                self.raw.tick();
+                last_tick = Instant::now();
+            }
+            // 3. Handle whatever Raft has ready.
+            if self.raw.has_ready() {
+                self.on_ready()?;
+            }
+        }
+    }
+
+    fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<Result<Reply, ProposeError>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: self.raw.raft.leader_id }));
+            return;
+        }
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.config.id.to_be_bytes());
+        ctx.extend_from_slice(&id.to_be_bytes());
+        match self.raw.propose(ctx, data) {
+            Ok(()) => {
+                self.pending.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
+            }
+        }
+    }
+
+    /// One Ready, in raft-rs's documented order.
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        let mut ready = self.raw.ready();
+
+        // a. Messages that need no persistence first (a leader sends appends in parallel
+        //    with its own fsync). A single-voter cluster has no peers to send to yet.
+        self.send(ready.take_messages());
+
+        // b. A snapshot from the leader replaces the state machine.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(&snap)?;
+        }
+
+        // c. Apply entries committed earlier (they are already durable).
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
+
+        // d. Persist new entries and hard state, fsync'd, before anything depending on them.
+        let hs = ready.hs().cloned();
+        if !ready.entries().is_empty() || hs.is_some() {
+            self.store.persist(Persist { entries: ready.entries(), hard_state: hs.as_ref(), snapshot: None })?;
+        }
+
+        // e. Messages that must follow persistence (votes, append responses).
+        self.send(ready.take_persisted_messages());
+
+        // f. Advance; the light ready carries the new commit index and more committed entries.
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(commit)?;
+        }
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed)?;
+        self.raw.advance_apply();
+
+        self.publish_status();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
+        // The peer transport arrives with multi-node clusters; a single voter sends nothing.
+        for m in msgs {
+            tracing::debug!(to = m.to, "dropping raft message: no peer transport");
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
+        self.store.persist(Persist { entries: &[], hard_state: None, snapshot: Some(snap) })?;
+        let state: State = serde_json::from_slice(&snap.data)?;
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
+        self.conf_state = snap.get_metadata().get_conf_state().clone();
+        self.last_snapshot = snap.get_metadata().index;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
+        let mut replies = Vec::new();
+        {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                match entry.get_entry_type() {
+                    EntryType::EntryNormal => {
+                        let reply = if entry.data.is_empty() {
+                            // The empty entry a new leader appends: nothing to apply.
+                            state.applied_index = entry.index;
+                            Reply::Done
+                        } else {
+                            match Command::decode(&entry.data) {
+                                Ok(cmd) => {
+                                    let (reply, fx) = state.apply(entry.index, entry.term, cmd);
+                                    let replayed = entry.index <= self.replay_until;
+                                    for e in fx {
+                                        if replayed && matches!(e, Effect::Dispatch(_)) {
+                                            continue;
+                                        }
+                                        let _ = self.effects.send(e);
+                                    }
+                                    reply
+                                }
+                                Err(e) => {
+                                    // Every node skips the same undecodable entry: still deterministic.
+                                    state.applied_index = entry.index;
+                                    Reply::Rejected(format!("undecodable command at index {}: {e}", entry.index))
+                                }
+                            }
+                        };
+                        replies.push((entry.context, reply));
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        anyhow::bail!("membership changes are not supported by this node yet (entry {})", entry.index);
+                    }
+                }
+            }
+        }
+        for (ctx, reply) in replies {
+            if let Some(tx) = self.own_proposal(&ctx) {
+                let _ = tx.send(Ok(reply));
+            }
+        }
+        let _ = self.applied_tx.send(last);
+        Ok(())
+    }
+
+    fn own_proposal(&mut self, ctx: &[u8]) -> Option<oneshot::Sender<Result<Reply, ProposeError>>> {
+        if ctx.len() != 16 || ctx[..8] != self.config.id.to_be_bytes() {
+            return None;
+        }
+        let id = u64::from_be_bytes(ctx[8..].try_into().ok()?);
+        self.pending.remove(&id)
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let role = match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate | StateRole::PreCandidate => Role::Candidate,
+            StateRole::Follower => Role::Follower,
+        };
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if raft.state == StateRole::Leader && self.role != StateRole::Leader {
+            s.leader_epoch += 1;
+        }
+        if raft.state != StateRole::Leader && self.role == StateRole::Leader {
+            // Proposals still waiting may never commit under another leader.
+            for (_, tx) in self.pending.drain() {
+                let _ = tx.send(Err(ProposeError::NotLeader { leader_hint: raft.leader_id }));
+            }
+        }
+        self.role = raft.state;
+        s.role = role;
+        s.leader_id = raft.leader_id;
+        s.term = raft.term;
+        s.commit = raft.raft_log.committed;
+        s.applied = raft.raft_log.applied;
+        s.snapshot_index = self.last_snapshot;
+        s.voters = self.conf_state.voters.clone();
+    }
+
+    fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
+        let applied = self.raw.raft.raft_log.applied;
+        if applied < self.last_snapshot + self.config.snapshot_every {
+            return Ok(());
+        }
+        let data = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_vec(&*state)?
+        };
+        self.store.save_snapshot(data, applied, &self.conf_state)?;
+        self.last_snapshot = applied;
+        tracing::info!(index = applied, "saved state-machine snapshot and compacted the log");
+        Ok(())
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<RawNode<RaftStorage>>();
+}

@@ -1,0 +1,210 @@
+//! A scheduler node put together: store, Raft loop, engine driver, dispatch, gRPC and HTTP.
+//!
+//! Every task it spawns watches one shutdown token; [`RunningServer::stop`] cancels it and
+//! waits for the listeners to close and the Raft thread to finish its current Ready.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use baton_core::command::Command;
+use baton_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Api, http, now_ms};
+use crate::dispatch::{Workers, run_effects};
+use crate::engine::{Engine, View};
+use crate::raft::{NodeConfig, NodeHandle, Role, start_node};
+use crate::store::{SledStore, Store};
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Raft node id.
+    pub id: u64,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (port 0 picks a free port).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (port 0 picks a free port).
+    pub http_addr: SocketAddr,
+    /// Snapshot the state machine after this many applied entries.
+    pub snapshot_every: u64,
+    /// After a leader change, how long workers have to reconnect before their attempts are lost.
+    pub worker_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a node with its data under `data_dir`.
+    pub fn new(data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            id: 1,
+            data_dir,
+            grpc_addr: ([127, 0, 0, 1], 7400).into(),
+            http_addr: ([127, 0, 0, 1], 7401).into(),
+            snapshot_every: 2_000,
+            worker_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A started node.
+pub struct RunningServer {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// The API, for in-process callers (`baton dev` applies the runbook library through it).
+    pub api: Api,
+    node: NodeHandle,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    raft_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Opens the store, starts the Raft loop and every service.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&config.data_dir.join("store"))
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+    );
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node_config = NodeConfig { id: config.id, snapshot_every: config.snapshot_every, ..NodeConfig::default() };
+    let (node, raft_thread) = start_node(node_config, store.clone(), effects_tx).context("starting the Raft node")?;
+    let workers = Arc::new(Workers::default());
+    let (run_changes, _) = broadcast::channel(1024);
+    let (output_changes, _) = broadcast::channel(1024);
+    let api = Api { node: node.clone(), store, workers: workers.clone(), run_changes: run_changes.clone(), output_changes };
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+
+    tasks.push(tokio::spawn(run_effects(effects_rx, node.clone(), workers.clone(), run_changes)));
+    tasks.push(tokio::spawn(drive_engine(node.clone(), workers, config.worker_grace, shutdown.clone())));
+
+    let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    let http_listener =
+        TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP to {}", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<pb::run_service_server::RunServiceServer<Api>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+    let router = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::runbook_service_server::RunbookServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(pb::schedule_service_server::ScheduleServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(pb::run_service_server::RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(pb::cluster_service_server::ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE));
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), token.cancelled()).await {
+            tracing::error!("gRPC server stopped: {e}");
+        }
+    }));
+    let token = shutdown.clone();
+    let app = http::router(api.clone());
+    tasks.push(tokio::spawn(async move {
+        let serve = axum::serve(http_listener, app).with_graceful_shutdown(async move { token.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!("HTTP server stopped: {e}");
+        }
+    }));
+
+    // Wait until this node has a leader, so callers can use it at once.
+    let mut applied = node.subscribe_applied();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while node.status().leader_id == 0 {
+        if tokio::time::timeout_at(deadline, applied.recv()).await.is_err() {
+            anyhow::bail!("no leader was elected within 30 s");
+        }
+    }
+    tracing::info!(%grpc_addr, %http_addr, "node {} serving", config.id);
+    Ok(RunningServer { grpc_addr, http_addr, api, node, shutdown, tasks, raft_thread: Some(raft_thread) })
+}
+
+impl RunningServer {
+    /// The node handle.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// Stops every task and the Raft thread.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.node.stop();
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(t) = self.raft_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+/// Runs the engine while this node leads: after every applied batch, at the next schedule tick,
+/// and at least every 200 ms (worker loss, capacity freed by a disconnect).
+async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, shutdown: CancellationToken) {
+    let mut engine = Engine::new();
+    let mut applied = node.subscribe_applied();
+    let mut epoch = 0;
+    let mut leader_since_ms = 0;
+    loop {
+        let status = node.status();
+        if status.role != Role::Leader {
+            engine.reset();
+        } else {
+            if status.leader_epoch != epoch {
+                epoch = status.leader_epoch;
+                leader_since_ms = now_ms();
+                engine.reset();
+            }
+            let view = View {
+                now_ms: now_ms(),
+                leader_since_ms,
+                workers: workers.slots(),
+                worker_grace_ms: grace.as_millis() as i64,
+            };
+            let ops = node.read(|s| engine.decide(s, &view));
+            for op in ops {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let name = op.name();
+                    if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
+                        tracing::debug!(op = name, "engine proposal not applied: {e}");
+                    }
+                });
+            }
+        }
+        let mut wait = Duration::from_millis(200);
+        if let Some(due) = node.read(Engine::next_due_ms) {
+            let until = (due - now_ms()).max(0) as u64;
+            wait = wait.min(Duration::from_millis(until));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = applied.recv() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

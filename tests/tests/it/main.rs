@@ -1,0 +1,4 @@
+//! End-to-end tests over real `baton dev` processes, driven through the CLI and gRPC.
+
+mod e2e;
+mod restart;
