@@ -135,7 +135,9 @@ async fn channel(opts: &ClientOpts) -> anyhow::Result<Channel> {
         .with_context(|| format!("invalid address {addr:?}"))?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the server at {addr} (is `baton dev` running? set --addr or BATON_ADDR)"))
+        .with_context(|| {
+            format!("cannot reach the server at {addr} (is `baton dev` running? set --addr or BATON_ADDR)")
+        })
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -176,10 +178,8 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
         }
         RunCommand::List { runbook, limit, opts } => {
             let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
-            let resp = client
-                .list(pb::ListRunsRequest { runbook: runbook.unwrap_or_default(), limit })
-                .await?
-                .into_inner();
+            let resp =
+                client.list(pb::ListRunsRequest { runbook: runbook.unwrap_or_default(), limit }).await?.into_inner();
             let runs = resp.runs.into_iter().map(run_from_pb).collect::<Result<Vec<_>, _>>()?;
             if opts.output == OutputFormat::Json {
                 print_json(&runs)?;
@@ -313,11 +313,11 @@ fn finish(run: &Run, format: OutputFormat) -> anyhow::Result<ExitCode> {
             if let Some(e) = &run.error {
                 println!("  {e}");
             }
-            if let Some(step) = run.steps.iter().find(|s| !matches!(s.state, StepState::Succeeded | StepState::Pending)) {
-                if !step.stderr_tail.is_empty() {
-                    println!("── {} stderr (tail) ──", step.id);
-                    print!("{}", with_newline(&step.stderr_tail));
-                }
+            if let Some(step) = run.steps.iter().find(|s| !matches!(s.state, StepState::Succeeded | StepState::Pending))
+                && !step.stderr_tail.is_empty()
+            {
+                println!("── {} stderr (tail) ──", step.id);
+                print!("{}", with_newline(&step.stderr_tail));
             }
         }
     }
@@ -413,7 +413,9 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
-                    .map(|r| vec![r.name.clone(), r.version.clone(), r.step_ids.len().to_string(), r.description.clone()])
+                    .map(|r| {
+                        vec![r.name.clone(), r.version.clone(), r.step_ids.len().to_string(), r.description.clone()]
+                    })
                     .collect();
                 print!("{}", table(&["NAME", "VERSION", "STEPS", "DESCRIPTION"], &rows));
             }
@@ -462,7 +464,8 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
                     .into_inner();
                 if opts.output == OutputFormat::Table {
                     let what = if resp.changed { "applied" } else { "unchanged" };
-                    let version = if resp.version.is_empty() { String::new() } else { format!(" version {}", resp.version) };
+                    let version =
+                        if resp.version.is_empty() { String::new() } else { format!(" version {}", resp.version) };
                     println!("{} {} {what}{version}", resp.kind, resp.name);
                 }
                 results.push(serde_json::json!({
@@ -489,7 +492,9 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
                 };
                 match parse_document(&name, &text) {
                     Ok(Document::Runbook(r)) => println!("ok  {name}: runbook {} ({} steps)", r.name, r.steps.len()),
-                    Ok(Document::Schedule(s)) => println!("ok  {name}: schedule {} ({} -> {})", s.name, s.cron, s.runbook),
+                    Ok(Document::Schedule(s)) => {
+                        println!("ok  {name}: schedule {} ({} -> {})", s.name, s.cron, s.runbook)
+                    }
                     Err(e) => {
                         eprintln!("{e}");
                         failed += 1;

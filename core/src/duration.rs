@@ -9,22 +9,15 @@
 //! shortest text of that grammar, so `parse_duration(&format_duration(x)) == Ok(x)`.
 
 /// The units we accept, largest first, with their size in milliseconds.
-const UNITS: [(&str, u64); 5] = [
-    ("d", 86_400_000),
-    ("h", 3_600_000),
-    ("m", 60_000),
-    ("s", 1_000),
-    ("ms", 1),
-];
+const UNITS: [(&str, u64); 5] = [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)];
 
 /// Parses a duration such as `"250ms"`, `"10s"`, `"5m"`, `"1h30m"` or `"2d"` into milliseconds.
 ///
 /// The error is a complete sentence fragment meant to follow a field name, e.g.
 /// `expected a duration like "10s" or "1h30m", found "10"`.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
-    let expected = |why: &str| {
-        format!("expected a duration like \"250ms\", \"10s\", \"5m\" or \"1h30m\", found {s:?}{why}")
-    };
+    let expected =
+        |why: &str| format!("expected a duration like \"250ms\", \"10s\", \"5m\" or \"1h30m\", found {s:?}{why}");
     if s.is_empty() {
         return Err(expected(""));
     }
@@ -44,17 +37,13 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
             return Err(expected(" (missing unit: ms, s, m, h or d)"));
         }
         let Some(index) = UNITS.iter().position(|(name, _)| *name == unit) else {
-            return Err(expected(&format!(
-                " (unknown unit {unit:?}; use ms, s, m, h or d)"
-            )));
+            return Err(expected(&format!(" (unknown unit {unit:?}; use ms, s, m, h or d)")));
         };
         if last_unit.is_some_and(|last| index <= last) {
             return Err(expected(" (units must go from largest to smallest, each once)"));
         }
         last_unit = Some(index);
-        let value: u64 = number
-            .parse()
-            .map_err(|_| expected(" (number too large)"))?;
+        let value: u64 = number.parse().map_err(|_| expected(" (number too large)"))?;
         total = value
             .checked_mul(UNITS[index].1)
             .and_then(|ms| total.checked_add(ms))

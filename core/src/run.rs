@@ -32,10 +32,7 @@ pub enum RunState {
 impl RunState {
     /// True for states that never change again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Missed
-        )
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled | RunState::Missed)
     }
 
     /// The lowercase name used by the CLI and the docs.

@@ -148,15 +148,12 @@ pub fn parse_document(file: &str, text: &str) -> Result<Document, RunbookError> 
 /// `baton runbook schema`. Titles and descriptions come from the file structs' doc comments.
 pub fn json_schema() -> serde_json::Value {
     let settings = schemars::generate::SchemaSettings::draft2020_12().for_deserialize();
-    let schema = settings
-        .into_generator()
-        .into_root_schema_for::<file::DocumentFile>();
+    let schema = settings.into_generator().into_root_schema_for::<file::DocumentFile>();
     let mut value = schema.to_value();
     if let Some(object) = value.as_object_mut() {
         object.insert(
             "description".to_string(),
-            "A Baton runbook (name, params, steps) or schedule (schedule, runbook, cron)."
-                .into(),
+            "A Baton runbook (name, params, steps) or schedule (schedule, runbook, cron).".into(),
         );
     }
     value
@@ -209,8 +206,7 @@ impl Runbook {
                          would run as code; pass it through `env` and use \"$NAME\" instead",
                     );
                 }
-                script_follows =
-                    arg.starts_with('-') && !arg.starts_with("--") && arg.contains('c');
+                script_follows = arg.starts_with('-') && !arg.starts_with("--") && arg.contains('c');
             }
         }
         diags.finish(()).err().map_or_else(Vec::new, |e| e.diagnostics)
@@ -237,14 +233,8 @@ pub(crate) fn content_version(source: &str) -> String {
 
 /// Indexes the text, turning a YAML syntax error (or an empty document) into a diagnostic.
 pub(crate) fn index<'a>(file: &str, text: &'a str) -> Result<SourceMap<'a>, RunbookError> {
-    let map = SourceMap::build(text).map_err(|err| {
-        single(
-            file,
-            err.pos,
-            err.path,
-            format!("invalid YAML: {}", err.message),
-        )
-    })?;
+    let map = SourceMap::build(text)
+        .map_err(|err| single(file, err.pos, err.path, format!("invalid YAML: {}", err.message)))?;
     if !map.contains("") {
         return Err(single(
             file,
@@ -268,8 +258,7 @@ pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(
     // YAML 1.2 booleans: `yes`, `no`, `on` and `off` are strings, not surprises.
     options.strict_booleans = true;
     options.with_snippet = false;
-    serde_saphyr::from_str_with_options::<T>(text, options)
-        .map_err(|err| serde_diagnostic(file, map, &err))
+    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|err| serde_diagnostic(file, map, &err))
 }
 
 fn serde_diagnostic(file: &str, map: &SourceMap<'_>, err: &serde_saphyr::Error) -> RunbookError {
@@ -278,9 +267,7 @@ fn serde_diagnostic(file: &str, map: &SourceMap<'_>, err: &serde_saphyr::Error) 
         line: usize::try_from(loc.line()).unwrap_or(1).max(1),
         column: usize::try_from(loc.column()).unwrap_or(1).max(1),
     });
-    let raw = serde_saphyr::UserMessageFormatter
-        .format_message(err)
-        .into_owned();
+    let raw = serde_saphyr::UserMessageFormatter.format_message(err).into_owned();
     let found = map.found_at(pos);
     let found_text = found.as_deref().unwrap_or("something else");
     let key_path = || map.path_of_key_at(pos).map(str::to_string);
@@ -319,21 +306,12 @@ fn serde_diagnostic(file: &str, map: &SourceMap<'_>, err: &serde_saphyr::Error) 
 
 /// `"missing field `steps`"` with prefix `"missing field "` → `steps`.
 fn backticked<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.strip_prefix(prefix)?
-        .strip_prefix('`')?
-        .split('`')
-        .next()
+    text.strip_prefix(prefix)?.strip_prefix('`')?.split('`').next()
 }
 
 fn single(file: &str, pos: Pos, field: String, message: String) -> RunbookError {
     RunbookError {
-        diagnostics: vec![Diagnostic {
-            file: file.to_string(),
-            line: pos.line,
-            column: pos.column,
-            field,
-            message,
-        }],
+        diagnostics: vec![Diagnostic { file: file.to_string(), line: pos.line, column: pos.column, field, message }],
     }
 }
 
@@ -346,11 +324,7 @@ pub(crate) struct Diagnostics<'m, 'a> {
 
 impl<'m, 'a> Diagnostics<'m, 'a> {
     pub(crate) fn new(file: &str, map: &'m SourceMap<'a>) -> Self {
-        Diagnostics {
-            file: file.to_string(),
-            map,
-            items: Vec::new(),
-        }
+        Diagnostics { file: file.to_string(), map, items: Vec::new() }
     }
 
     fn push(&mut self, pos: Pos, field: &str, message: String) {
@@ -383,9 +357,7 @@ impl<'m, 'a> Diagnostics<'m, 'a> {
 
     /// What is written at `field`, for "found ..." in messages.
     pub(crate) fn found(&self, field: &str) -> String {
-        self.map
-            .found(field)
-            .unwrap_or_else(|| "nothing".to_string())
+        self.map.found(field).unwrap_or_else(|| "nothing".to_string())
     }
 
     /// `Ok(value)` if nothing was reported, else every diagnostic in document order.
@@ -394,9 +366,7 @@ impl<'m, 'a> Diagnostics<'m, 'a> {
             return Ok(value);
         }
         self.items.sort_by_key(|d| (d.line, d.column));
-        Err(RunbookError {
-            diagnostics: self.items,
-        })
+        Err(RunbookError { diagnostics: self.items })
     }
 }
 
@@ -406,19 +376,10 @@ pub(crate) fn constant_regex(pattern: &str) -> Regex {
 }
 
 /// Reports `field` unless `value` matches `pattern`; `what` is e.g. "a runbook name".
-pub(crate) fn check_name(
-    diags: &mut Diagnostics<'_, '_>,
-    field: &str,
-    value: &str,
-    pattern: &str,
-    what: &str,
-) -> bool {
+pub(crate) fn check_name(diags: &mut Diagnostics<'_, '_>, field: &str, value: &str, pattern: &str, what: &str) -> bool {
     let ok = constant_regex(pattern).is_match(value);
     if !ok {
-        diags.value(
-            field,
-            format!("expected {what} matching {pattern}, found {value:?}"),
-        );
+        diags.value(field, format!("expected {what} matching {pattern}, found {value:?}"));
     }
     ok
 }
@@ -428,17 +389,10 @@ pub(crate) fn check_name(
 
 fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) -> Runbook {
     check_name(diags, "name", &parsed.name, file::NAME_PATTERN, "a runbook name");
-    let params: Vec<ParamSpec> = parsed
-        .params
-        .0
-        .into_iter()
-        .filter_map(|(name, param)| validate_param(name, param, diags))
-        .collect();
+    let params: Vec<ParamSpec> =
+        parsed.params.0.into_iter().filter_map(|(name, param)| validate_param(name, param, diags)).collect();
     if parsed.steps.is_empty() {
-        diags.value(
-            "steps",
-            format!("expected at least one step, found {}", diags.found("steps")),
-        );
+        diags.value("steps", format!("expected at least one step, found {}", diags.found("steps")));
     }
     // Ids of all steps, valid or not, so one bad step does not make later references to it
     // look wrong too.
@@ -460,11 +414,7 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
     }
 }
 
-fn validate_param(
-    name: String,
-    param: ParamFile,
-    diags: &mut Diagnostics<'_, '_>,
-) -> Option<ParamSpec> {
+fn validate_param(name: String, param: ParamFile, diags: &mut Diagnostics<'_, '_>) -> Option<ParamSpec> {
     let path = join_key("params", &name);
     let field = |key: &str| join_key(&path, key);
     let mut ok = true;
@@ -485,75 +435,51 @@ fn validate_param(
         ParamType::Bool => ParamKind::Bool,
         ParamType::List => ParamKind::List,
         ParamType::Enum => match &param.values {
-            Some(values) if !values.is_empty() => ParamKind::Enum {
-                values: values.clone(),
-            },
+            Some(values) if !values.is_empty() => ParamKind::Enum { values: values.clone() },
             Some(_) => {
-                diags.value(
-                    &field("values"),
-                    "expected a non-empty list of allowed values, found []",
-                );
+                diags.value(&field("values"), "expected a non-empty list of allowed values, found []");
                 ok = false;
                 ParamKind::Enum { values: Vec::new() }
             }
             None => {
-                diags.value(
-                    &field("type"),
-                    "an enum parameter needs `values: [...]` listing the allowed values",
-                );
+                diags.value(&field("type"), "an enum parameter needs `values: [...]` listing the allowed values");
                 ok = false;
                 ParamKind::Enum { values: Vec::new() }
             }
         },
     };
     if param.values.is_some() && param.kind != ParamType::Enum {
-        diags.key(
-            &field("values"),
-            "only enum parameters take `values`; use `type: enum` or drop `values`",
-        );
+        diags.key(&field("values"), "only enum parameters take `values`; use `type: enum` or drop `values`");
         ok = false;
     }
     for (key, bound) in [("min", param.min), ("max", param.max)] {
         if bound.is_some() && param.kind != ParamType::Int {
-            diags.key(
-                &field(key),
-                format!("`{key}` applies to int parameters only, found it on {kind}"),
-            );
+            diags.key(&field(key), format!("`{key}` applies to int parameters only, found it on {kind}"));
             ok = false;
         }
     }
     if let (Some(min), Some(max)) = (param.min, param.max)
         && min > max
     {
-        diags.value(
-            &field("max"),
-            format!("expected max >= min ({min}), found {max}"),
-        );
+        diags.value(&field("max"), format!("expected max >= min ({min}), found {max}"));
         ok = false;
     }
     if let Some(pattern) = &param.pattern {
         if !matches!(param.kind, ParamType::String | ParamType::List) {
-            diags.key(
-                &field("pattern"),
-                "`pattern` applies to string and list parameters only",
-            );
+            diags.key(&field("pattern"), "`pattern` applies to string and list parameters only");
             ok = false;
         } else if let Err(err) = Regex::new(pattern) {
             let reason = err.to_string();
             let reason = reason.lines().last().unwrap_or("invalid regex").trim();
             let reason = reason.strip_prefix("error: ").unwrap_or(reason);
-            diags.value(
-                &field("pattern"),
-                format!("expected a valid regular expression, found {pattern:?} ({reason})"),
-            );
+            diags
+                .value(&field("pattern"), format!("expected a valid regular expression, found {pattern:?} ({reason})"));
             ok = false;
         }
     }
     if param.required && param.default.is_some() {
-        diags.key(
-            &field("default"),
-            "a required parameter cannot have a default; drop `required: true` or the default",
-        );
+        diags
+            .key(&field("default"), "a required parameter cannot have a default; drop `required: true` or the default");
         ok = false;
     }
     let mut spec = ParamSpec {
@@ -572,10 +498,7 @@ fn validate_param(
         match params::coerce(&spec, &default) {
             Ok(value) => spec.default = Some(value),
             Err(err) => {
-                diags.value(
-                    &field("default"),
-                    format!("the default does not satisfy the parameter: {err}"),
-                );
+                diags.value(&field("default"), format!("the default does not satisfy the parameter: {err}"));
                 ok = false;
             }
         }
@@ -591,30 +514,18 @@ fn validate_step(
     diags: &mut Diagnostics<'_, '_>,
 ) -> Option<Step> {
     let field = |key: &str| join_key(path, key);
-    let mut ok = check_name(
-        diags,
-        &field("id"),
-        &step.id,
-        file::STEP_ID_PATTERN,
-        "a step id",
-    );
+    let mut ok = check_name(diags, &field("id"), &step.id, file::STEP_ID_PATTERN, "a step id");
     if let Some(first) = earlier.iter().position(|id| *id == step.id) {
         diags.value(
             &field("id"),
-            format!(
-                "duplicate step id {:?}: steps[{first}] already uses it; step ids must be unique",
-                step.id
-            ),
+            format!("duplicate step id {:?}: steps[{first}] already uses it; step ids must be unique", step.id),
         );
         ok = false;
     }
     let timeout_ms = match step.timeout.as_deref().map(parse_duration) {
         None => None,
         Some(Ok(0)) => {
-            diags.value(
-                &field("timeout"),
-                "expected a duration greater than zero, found 0",
-            );
+            diags.value(&field("timeout"), "expected a duration greater than zero, found 0");
             ok = false;
             None
         }
@@ -625,21 +536,12 @@ fn validate_step(
             None
         }
     };
-    let scope = TemplateScope {
-        params,
-        earlier,
-        current: &step.id,
-    };
+    let scope = TemplateScope { params, earlier, current: &step.id };
     let action = match step.action {
         ActionType::Exec => validate_exec(&field("with"), step.with, &scope, diags),
     };
     let action = action?;
-    ok.then_some(Step {
-        id: step.id,
-        action,
-        timeout_ms,
-        idempotent: step.idempotent,
-    })
+    ok.then_some(Step { id: step.id, action, timeout_ms, idempotent: step.idempotent })
 }
 
 fn validate_exec(
@@ -652,10 +554,7 @@ fn validate_exec(
     let mut ok = true;
     let command = match with.command {
         Argv::List(items) if items.is_empty() => {
-            diags.value(
-                &field("command"),
-                "expected a non-empty list of strings (argv), found []",
-            );
+            diags.value(&field("command"), "expected a non-empty list of strings (argv), found []");
             ok = false;
             items
         }
@@ -682,9 +581,7 @@ fn validate_exec(
         if !env_name.is_match(name) {
             diags.key(
                 &env_path,
-                format!(
-                    "expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"
-                ),
+                format!("expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*), found {name:?}"),
             );
             ok = false;
         }
@@ -693,11 +590,7 @@ fn validate_exec(
     if let Some(source) = &with.workdir {
         ok &= scope.check(&field("workdir"), source, diags);
     }
-    ok.then_some(Action::Exec(ExecAction {
-        command,
-        env: with.env,
-        workdir: with.workdir,
-    }))
+    ok.then_some(Action::Exec(ExecAction { command, env: with.env, workdir: with.workdir }))
 }
 
 /// What a step's templates may read: declared params, earlier steps and the run.
@@ -751,10 +644,7 @@ impl TemplateScope<'_> {
                 if RUN_CONTEXT_FIELDS.contains(&name) {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "the template reads run.{name}; the run has: {}",
-                        RUN_CONTEXT_FIELDS.join(", ")
-                    ))
+                    Err(format!("the template reads run.{name}; the run has: {}", RUN_CONTEXT_FIELDS.join(", ")))
                 }
             }
             _ => Err(format!(
@@ -771,15 +661,9 @@ impl TemplateScope<'_> {
             let why = if id == self.current {
                 "a step cannot read its own outputs".to_string()
             } else {
-                format!(
-                    "templates can only read earlier steps: {}",
-                    list_or_none(&earlier)
-                )
+                format!("templates can only read earlier steps: {}", list_or_none(&earlier))
             };
-            let hint = if earlier
-                .iter()
-                .any(|e| e.starts_with(&format!("{id}-")) || e.starts_with(&format!("{id}_")))
-            {
+            let hint = if earlier.iter().any(|e| e.starts_with(&format!("{id}-")) || e.starts_with(&format!("{id}_"))) {
                 " (write ids with dashes as steps['the-id'])"
             } else {
                 ""
@@ -787,21 +671,16 @@ impl TemplateScope<'_> {
             return Err(format!("the template reads steps.{id}; {why}{hint}"));
         }
         match field {
-            Some(name) if !STEP_CONTEXT_FIELDS.contains(&name) => Err(format!(
-                "the template reads steps.{id}.{name}; a step has: {}",
-                STEP_CONTEXT_FIELDS.join(", ")
-            )),
+            Some(name) if !STEP_CONTEXT_FIELDS.contains(&name) => {
+                Err(format!("the template reads steps.{id}.{name}; a step has: {}", STEP_CONTEXT_FIELDS.join(", ")))
+            }
             _ => Ok(()),
         }
     }
 }
 
 fn list_or_none(items: &[&str]) -> String {
-    if items.is_empty() {
-        "none".to_string()
-    } else {
-        items.join(", ")
-    }
+    if items.is_empty() { "none".to_string() } else { items.join(", ") }
 }
 
 #[cfg(test)]

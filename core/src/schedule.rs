@@ -17,7 +17,9 @@
 //!
 //! [`Schedule::next_after`] is pure: the caller passes the time, nothing here reads a clock.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
@@ -32,7 +34,7 @@ use crate::runbook::{self, Diagnostics, RunbookError};
 /// A schedule document as written.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Schedule")]
+#[schemars(title = "Schedule", rename = "Schedule")]
 pub(crate) struct ScheduleFile {
     /// Unique name of the schedule: lowercase letters, digits and dashes, at most 63 characters.
     #[schemars(pattern("^[a-z0-9][a-z0-9-]{0,62}$"))]
@@ -46,8 +48,8 @@ pub(crate) struct ScheduleFile {
     /// IANA time zone the cron expression is read in, e.g. `Europe/Berlin`; default `UTC`.
     #[serde(default)]
     pub timezone: Option<String>,
-    /// Parameter values for each run, typed as in YAML; checked against the runbook when the
-    /// schedule is applied and again when it fires.
+    /// Parameter values for each run, typed as in YAML; checked and coerced against the
+    /// runbook's parameters like values given on the command line.
     #[serde(default)]
     pub params: BTreeMap<String, serde_json::Value>,
     /// What the schedule is for.
@@ -81,11 +83,7 @@ impl Schedule {
         Schedule::from_source(file, text, &map)
     }
 
-    pub(crate) fn from_source(
-        file: &str,
-        text: &str,
-        map: &SourceMap<'_>,
-    ) -> Result<Schedule, RunbookError> {
+    pub(crate) fn from_source(file: &str, text: &str, map: &SourceMap<'_>) -> Result<Schedule, RunbookError> {
         let parsed: ScheduleFile = runbook::deserialize(file, text, map)?;
         let mut diags = Diagnostics::new(file, map);
         let pattern = "^[a-z0-9][a-z0-9-]{0,62}$";
@@ -121,8 +119,7 @@ impl Schedule {
     /// not built by [`Schedule::parse`], if its cron or zone is invalid).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let tz = Tz::from_str(&self.timezone).ok()?;
-        let cron = CronExpr::parse(&self.cron).ok()?;
-        cron.next_after(tz, after_ms)
+        CronExpr::cached(&self.cron)?.next_after(tz, after_ms)
     }
 }
 
@@ -132,7 +129,33 @@ struct CronExpr {
     alternatives: Vec<cron::Schedule>,
 }
 
+thread_local! {
+    /// Compiled expressions by text. Callers walk schedules tick by tick (catching up on missed
+    /// ticks calls `next_after` thousands of times), and compiling dominates a single step.
+    /// Pure memoization: results never depend on what is cached.
+    static COMPILED: RefCell<HashMap<String, Rc<CronExpr>>> = RefCell::new(HashMap::new());
+}
+
+/// How many compiled expressions each thread keeps before starting over.
+const CACHE_LIMIT: usize = 1024;
+
 impl CronExpr {
+    /// The compiled form of `expr`, from the per-thread cache when possible.
+    fn cached(expr: &str) -> Option<Rc<CronExpr>> {
+        if let Some(hit) = COMPILED.with(|cache| cache.borrow().get(expr).cloned()) {
+            return Some(hit);
+        }
+        let compiled = Rc::new(CronExpr::parse(expr).ok()?);
+        COMPILED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(expr.to_string(), Rc::clone(&compiled));
+        });
+        Some(compiled)
+    }
+
     fn parse(expr: &str) -> Result<CronExpr, String> {
         let expanded = match expr {
             "@yearly" | "@annually" => "0 0 1 1 *",
@@ -159,8 +182,8 @@ impl CronExpr {
                 ));
             }
         }
-        let day_of_week = unix_day_of_week(fields[5])
-            .map_err(|why| format!("invalid cron expression {expr:?}: {why}"))?;
+        let day_of_week =
+            unix_day_of_week(fields[5]).map_err(|why| format!("invalid cron expression {expr:?}: {why}"))?;
         let restricted = |field: &str| !field.starts_with(['*', '?']);
         let variants: Vec<[&str; 2]> = if restricted(fields[3]) && restricted(fields[5]) {
             vec![[fields[3], "*"], ["*", day_of_week.as_str()]]
@@ -204,10 +227,9 @@ impl CronExpr {
                 }
                 LocalResult::None => {
                     // In a DST gap: keep the offset that was in force before the jump.
-                    let before = tz
-                        .offset_from_utc_datetime(&(tick - TimeDelta::days(1)))
-                        .fix();
-                    let utc = tick - TimeDelta::seconds(i64::from(before.local_minus_utc()));
+                    let day_before = tick.checked_sub_signed(TimeDelta::days(1))?;
+                    let before = tz.offset_from_utc_datetime(&day_before).fix();
+                    let utc = tick.checked_sub_signed(TimeDelta::seconds(i64::from(before.local_minus_utc())))?;
                     utc.and_utc().timestamp_millis()
                 }
             };
@@ -221,6 +243,7 @@ impl CronExpr {
 }
 
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+const FULL_DAY_NAMES: [&str; 7] = ["SUNDAY", "MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY"];
 
 /// Rewrites a Unix day-of-week field (0-7, 0 and 7 = Sunday, names, ranges, steps, lists) as a
 /// list of day names, which the `cron` crate reads unambiguously. `*` and `?` stay as they are.
@@ -231,16 +254,10 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
     let invalid = |why: &str| format!("day of week {field:?}: {why}");
     let day = |text: &str| -> Result<u32, String> {
         if let Ok(n) = text.parse::<u32>() {
-            return if n <= 7 {
-                Ok(n)
-            } else {
-                Err(invalid(&format!("{n} is not a day (0-7, 0 and 7 are Sunday)")))
-            };
+            return if n <= 7 { Ok(n) } else { Err(invalid(&format!("{n} is not a day (0-7, 0 and 7 are Sunday)"))) };
         }
-        DAY_NAMES
-            .iter()
-            .position(|name| name.eq_ignore_ascii_case(text.get(..3).unwrap_or(text)))
-            .filter(|_| text.len() >= 3)
+        (0..7)
+            .find(|&i| DAY_NAMES[i].eq_ignore_ascii_case(text) || FULL_DAY_NAMES[i].eq_ignore_ascii_case(text))
             .map(|i| i as u32)
             .ok_or_else(|| invalid(&format!("{text:?} is not a day")))
     };
@@ -279,11 +296,8 @@ fn unix_day_of_week(field: &str) -> Result<String, String> {
 /// The `cron` crate's multi-line error (its input, a caret line, the reason) as one line.
 fn cron_message(expr: &str, input: &str, err: &cron::error::Error) -> String {
     let text = err.to_string();
-    let reason = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && *line != input && !line.chars().all(|c| c == '^'))
-        .last();
+    let reason =
+        text.lines().map(str::trim).rfind(|line| !line.is_empty() && *line != input && !line.chars().all(|c| c == '^'));
     match reason {
         Some(reason) => format!("invalid cron expression {expr:?}: {reason}"),
         None => format!("invalid cron expression {expr:?}"),
@@ -305,6 +319,8 @@ mod tests {
             ("*/2", "SUN,TUE,THU,SAT"),
             ("1-5/2", "MON,WED,FRI"),
             ("mon,Fri", "MON,FRI"),
+            ("Monday-friday", "MON,TUE,WED,THU,FRI"),
+            ("monx", ""),
             ("sat-sun", ""),
             ("*", "*"),
         ];

@@ -62,17 +62,12 @@ pub fn environment() -> Environment<'static> {
 }
 
 /// Renders every template of an exec action against `ctx` (see the module docs for its shape).
-pub fn render_exec(
-    action: &ExecAction,
-    ctx: &serde_json::Value,
-) -> Result<RenderedExec, TemplateError> {
+pub fn render_exec(action: &ExecAction, ctx: &serde_json::Value) -> Result<RenderedExec, TemplateError> {
     let env = environment();
     let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
     let render = |field: String, source: &str| -> Result<String, TemplateError> {
-        env.render_str(source, &ctx).map_err(|err| TemplateError {
-            field,
-            message: format!("{} in template {source:?}", describe_error(&err)),
-        })
+        env.render_str(source, &ctx)
+            .map_err(|err| TemplateError { field, message: format!("{} in template {source:?}", describe_error(&err)) })
     };
     let argv = action
         .command
@@ -85,16 +80,8 @@ pub fn render_exec(
         .iter()
         .map(|(name, source)| Ok((name.clone(), render(format!("env.{name}"), source)?)))
         .collect::<Result<_, _>>()?;
-    let workdir = action
-        .workdir
-        .as_deref()
-        .map(|source| render("workdir".to_string(), source))
-        .transpose()?;
-    Ok(RenderedExec {
-        argv,
-        env: env_vars,
-        workdir,
-    })
+    let workdir = action.workdir.as_deref().map(|source| render("workdir".to_string(), source)).transpose()?;
+    Ok(RenderedExec { argv, env: env_vars, workdir })
 }
 
 /// A minijinja error as one line without the `(in <string>:1)` suffix.
@@ -119,23 +106,17 @@ pub(crate) struct Reference {
 /// are not references. Fails with a one-line message if the template does not compile.
 pub(crate) fn references(source: &str) -> Result<Vec<Reference>, String> {
     let env = environment();
-    let template = env
-        .template_from_str(source)
-        .map_err(|err| describe_error(&err))?;
+    let template = env.template_from_str(source).map_err(|err| describe_error(&err))?;
     let globals: Vec<String> = env.globals().map(|(name, _)| name.to_string()).collect();
     let mut refs: Vec<Reference> = template
         .undeclared_variables(true)
         .into_iter()
         .filter(|path| !globals.iter().any(|g| g == path))
-        .map(|path| Reference {
-            segments: path.split('.').map(str::to_string).collect(),
-        })
+        .map(|path| Reference { segments: path.split('.').map(str::to_string).collect() })
         .collect();
     for captures in subscript_step_regex().captures_iter(source) {
         if let Some(id) = captures.get(1).or_else(|| captures.get(2)) {
-            refs.push(Reference {
-                segments: vec!["steps".to_string(), id.as_str().to_string()],
-            });
+            refs.push(Reference { segments: vec!["steps".to_string(), id.as_str().to_string()] });
         }
     }
     refs.sort();
@@ -157,19 +138,11 @@ mod tests {
     use serde_json::json;
 
     fn exec(command: &[&str]) -> ExecAction {
-        ExecAction {
-            command: command.iter().map(|s| s.to_string()).collect(),
-            env: BTreeMap::new(),
-            workdir: None,
-        }
+        ExecAction { command: command.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new(), workdir: None }
     }
 
     fn names(source: &str) -> Vec<String> {
-        references(source)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.segments.join("."))
-            .collect()
+        references(source).unwrap().into_iter().map(|r| r.segments.join(".")).collect()
     }
 
     #[test]
@@ -192,8 +165,7 @@ mod tests {
 
     #[test]
     fn keeps_trailing_newline_and_does_not_escape() {
-        let out = render_exec(&exec(&["{{ params.a }}\n"]), &json!({"params": {"a": "<&>"}}))
-            .unwrap();
+        let out = render_exec(&exec(&["{{ params.a }}\n"]), &json!({"params": {"a": "<&>"}})).unwrap();
         assert_eq!(out.argv, ["<&>\n"]);
     }
 }

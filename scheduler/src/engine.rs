@@ -48,7 +48,11 @@ pub struct View {
 /// The engine's volatile memory: proposals not yet seen applied.
 #[derive(Debug, Default)]
 pub struct Engine {
+    /// Fire, miss and loss proposals by key, with the time after which they may be repeated.
     inflight: HashMap<String, i64>,
+    /// Assignments proposed but not applied: (run id, step index, attempts so far) ->
+    /// (deadline, worker). The worker's slot stays taken until it is applied or expires.
+    assigning: HashMap<(String, usize, usize), (i64, String)>,
 }
 
 impl Engine {
@@ -60,6 +64,7 @@ impl Engine {
     /// Forgets every in-flight proposal (the node lost leadership).
     pub fn reset(&mut self) {
         self.inflight.clear();
+        self.assigning.clear();
     }
 
     /// The commands to propose now.
@@ -134,27 +139,45 @@ impl Engine {
     }
 
     fn assign_steps(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
+        // An assignment stops being in flight once applied (the step is no longer pending with
+        // that many attempts) or when it expires; until then its worker's slot stays taken.
+        self.assigning.retain(|(run_id, si, attempts), (deadline, _)| {
+            *deadline > view.now_ms && pending_step(state, run_id) == Some((*si, *attempts))
+        });
         let mut load: BTreeMap<String, u32> =
             state.load_by_worker().into_iter().map(|(w, n)| (w.to_string(), n)).collect();
+        for (_, worker) in self.assigning.values() {
+            *load.entry(worker.clone()).or_insert(0) += 1;
+        }
         for run_id in &state.active_runs {
-            let Some(run) = state.runs.get(run_id) else { continue };
-            if run.cancel_requested {
+            let Some((si, attempts)) = pending_step(state, run_id) else { continue };
+            let key = (run_id.clone(), si, attempts);
+            if self.assigning.contains_key(&key)
+                || self.inflight.contains_key(&format!("render:{run_id}:{si}:{attempts}"))
+            {
                 continue;
             }
-            let Some(si) = next_step(run) else { continue };
-            let step = &run.steps[si];
-            if step.state != StepState::Pending {
-                continue;
-            }
-            let key = format!("step:{run_id}:{}:{}", step.id, step.attempts.len());
-            if self.inflight.contains_key(&key) {
-                continue;
-            }
+            let run = &state.runs[run_id];
             let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
-            self.inflight.insert(key, view.now_ms + INFLIGHT_TTL_MS);
+            if let Op::Assign { worker, .. } = &op {
+                self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
+            } else {
+                self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
+            }
             ops.push(op);
         }
     }
+}
+
+/// The run's next step if it waits for an attempt: (step index, attempts made so far).
+fn pending_step(state: &State, run_id: &str) -> Option<(usize, usize)> {
+    let run = state.runs.get(run_id)?;
+    if run.cancel_requested || !state.active_runs.contains(run_id) {
+        return None;
+    }
+    let si = next_step(run)?;
+    let step = &run.steps[si];
+    (step.state == StepState::Pending).then_some((si, step.attempts.len()))
 }
 
 /// Renders step `si` of `run` and picks a worker with room, or says why it cannot run.
@@ -196,9 +219,7 @@ pub fn template_context(run: &Run) -> serde_json::Value {
         .steps
         .iter()
         .filter(|s| s.state != StepState::Pending)
-        .map(|s| {
-            (s.id.clone(), serde_json::json!({ "outputs": s.outputs, "status": s.state.as_str() }))
-        })
+        .map(|s| (s.id.clone(), serde_json::json!({ "outputs": s.outputs, "status": s.state.as_str() })))
         .collect();
     serde_json::json!({
         "params": run.params,
@@ -221,4 +242,162 @@ pub fn reconcile(state: &State, worker: &str, running: &[u64], reported: &[u64])
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_core::command::Command;
+    use baton_core::run::AttemptState;
+    use baton_core::{Runbook, Schedule};
+
+    use super::*;
+
+    const RB: &str = r#"
+name: demo
+params:
+  who: { type: string, default: "x" }
+steps:
+  - id: one
+    action: exec
+    with: { command: ["echo", "{{ params.who }}"] }
+  - id: two
+    action: exec
+    with: { command: ["echo", "{{ steps.one.outputs.name }}"] }
+"#;
+
+    struct World {
+        state: State,
+        index: u64,
+    }
+
+    impl World {
+        fn new() -> World {
+            let mut w = World { state: State::default(), index: 0 };
+            w.apply(0, Op::ApplyRunbook { runbook: Runbook::parse("demo.yaml", RB).unwrap() });
+            w
+        }
+        fn apply(&mut self, at_ms: i64, op: Op) {
+            self.index += 1;
+            self.state.apply(self.index, 1, Command { at_ms, op });
+        }
+        fn start(&mut self, id: &str) {
+            let op = Op::StartRun {
+                run_id: id.into(),
+                runbook: "demo".into(),
+                params: BTreeMap::new(),
+                idempotency_key: None,
+            };
+            self.apply(0, op);
+        }
+    }
+
+    fn view(now_ms: i64, workers: &[(&str, u32)]) -> View {
+        View {
+            now_ms,
+            leader_since_ms: 0,
+            workers: workers.iter().map(|(id, c)| WorkerSlot { id: id.to_string(), capacity: *c }).collect(),
+            worker_grace_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn assigns_within_capacity_and_not_twice_while_in_flight() {
+        let mut w = World::new();
+        for i in 0..3 {
+            w.start(&format!("r{i}"));
+        }
+        let mut e = Engine::new();
+        let ops = e.decide(&w.state, &view(10, &[("a", 1), ("b", 1)]));
+        let assigned: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Assign { worker, .. } => Some(worker.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(assigned.len(), 2, "two workers with capacity 1: {ops:?}");
+        assert!(assigned.contains(&"a") && assigned.contains(&"b"));
+        // Nothing applied yet: deciding again must not assign the same steps again.
+        let again = e.decide(&w.state, &view(20, &[("a", 1), ("b", 1)]));
+        assert!(again.is_empty(), "{again:?}");
+        // Rendered from the run's params.
+        assert!(matches!(&ops[0], Op::Assign { argv, .. } if argv == &["echo", "x"]));
+    }
+
+    #[test]
+    fn no_worker_no_assignment() {
+        let mut w = World::new();
+        w.start("r1");
+        assert!(Engine::new().decide(&w.state, &view(10, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_template_error_fails_the_step_instead_of_running_it() {
+        let mut w = World::new();
+        w.start("r1");
+        let mut e = Engine::new();
+        let ops = e.decide(&w.state, &view(10, &[("a", 2)]));
+        for op in ops {
+            w.apply(10, op);
+        }
+        let attempt = w.state.runs["r1"].steps[0].attempts[0].id;
+        // Step one succeeds without the output step two needs.
+        let op = Op::AttemptFinished {
+            attempt_id: attempt,
+            state: AttemptState::Succeeded,
+            exit_code: Some(0),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            outputs: BTreeMap::new(),
+            error: None,
+        };
+        w.apply(20, op);
+        let ops = e.decide(&w.state, &view(30, &[("a", 2)]));
+        assert!(matches!(&ops[..], [Op::RenderFailed { step_id, .. }] if step_id == "two"), "{ops:?}");
+    }
+
+    #[test]
+    fn due_ticks_fire_and_ticks_before_the_leader_are_missed() {
+        let mut w = World::new();
+        let text = "schedule: s\nrunbook: demo\ncron: \"* * * * * *\"\n";
+        w.apply(500, Op::ApplySchedule { schedule: Schedule::parse("s.yaml", text).unwrap() });
+        let mut e = Engine::new();
+        // A leader since 4.5 s: ticks 1..=4 s were missed; the one at 5 s fires.
+        let mut v = view(4_600, &[]);
+        v.leader_since_ms = 4_500;
+        let ops = e.decide(&w.state, &v);
+        assert_eq!(
+            ops,
+            vec![Op::RecordMissed { schedule: "s".into(), first_tick_ms: 1_000, last_tick_ms: 4_000, count: 4 }]
+        );
+        for op in ops {
+            w.apply(4_600, op);
+        }
+        assert!(e.decide(&w.state, &v).is_empty(), "5 s is not due yet");
+        v.now_ms = 5_001;
+        assert_eq!(e.decide(&w.state, &v), vec![Op::Fire { schedule: "s".into(), tick_ms: 5_000 }]);
+        assert_eq!(Engine::next_due_ms(&w.state), Some(5_000));
+    }
+
+    #[test]
+    fn attempts_of_absent_workers_are_lost_after_the_grace_period() {
+        let mut w = World::new();
+        w.start("r1");
+        let mut e = Engine::new();
+        for op in e.decide(&w.state, &view(10, &[("a", 1)])) {
+            w.apply(10, op);
+        }
+        // Worker gone, but still inside the grace period after the leader change.
+        assert!(e.decide(&w.state, &view(500, &[])).is_empty());
+        let ops = e.decide(&w.state, &view(1_500, &[]));
+        assert!(matches!(&ops[..], [Op::AttemptLost { .. }]), "{ops:?}");
+        // Reconcile: a worker that comes back without the attempt loses it at once.
+        let id = *w.state.active_attempts.keys().next().unwrap();
+        assert_eq!(reconcile(&w.state, "a", &[id], &[]), vec![]);
+        assert_eq!(reconcile(&w.state, "a", &[], &[id]), vec![]);
+        assert!(
+            matches!(&reconcile(&w.state, "a", &[], &[])[..], [Op::AttemptLost { attempt_id, .. }] if *attempt_id == id)
+        );
+        assert_eq!(reconcile(&w.state, "other", &[], &[]), vec![]);
+    }
 }

@@ -167,9 +167,7 @@ impl State {
                 };
                 self.assign(now, a, &mut fx)
             }
-            Op::RenderFailed { run_id, step_id, error } => {
-                self.render_failed(now, &run_id, &step_id, error, &mut fx)
-            }
+            Op::RenderFailed { run_id, step_id, error } => self.render_failed(now, &run_id, &step_id, error, &mut fx),
             Op::AttemptStarted { attempt_id } => self.attempt_started(now, attempt_id, &mut fx),
             Op::AttemptFinished { attempt_id, state, exit_code, stdout_tail, stderr_tail, outputs, error } => {
                 let result = AttemptResult { state, exit_code, stdout_tail, stderr_tail, outputs, error };
@@ -536,12 +534,8 @@ impl State {
         }
         run.cancel_requested = true;
         let reason = if reason.is_empty() { "cancelled by an operator".to_string() } else { reason };
-        let active: Vec<(String, u64)> = run
-            .steps
-            .iter()
-            .filter_map(|s| s.active_attempt())
-            .map(|a| (a.worker.clone(), a.id))
-            .collect();
+        let active: Vec<(String, u64)> =
+            run.steps.iter().filter_map(|s| s.active_attempt()).map(|a| (a.worker.clone(), a.id)).collect();
         if active.is_empty() {
             for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
                 s.state = StepState::Cancelled;
@@ -634,5 +628,204 @@ fn new_run(
         idempotency_key,
         missed_ticks: 0,
         cancel_requested: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RB: &str = r#"
+name: demo
+params:
+  who: { type: string, required: true }
+steps:
+  - id: one
+    action: exec
+    with: { command: ["echo", "{{ params.who }}"] }
+  - id: two
+    action: exec
+    idempotent: true
+    with: { command: ["echo", "two"] }
+"#;
+
+    fn cmd(at_ms: i64, op: Op) -> Command {
+        Command { at_ms, op }
+    }
+
+    fn state_with_runbook() -> State {
+        let mut s = State::default();
+        let rb = Runbook::parse("demo.yaml", RB).unwrap();
+        let (reply, _) = s.apply(1, 1, cmd(10, Op::ApplyRunbook { runbook: rb }));
+        assert!(matches!(reply, Reply::Applied { changed: true, .. }));
+        s
+    }
+
+    fn start(s: &mut State, index: u64, id: &str, key: Option<&str>) -> Reply {
+        let params = [("who".to_string(), serde_json::json!("Ada"))].into();
+        let op = Op::StartRun {
+            run_id: id.into(),
+            runbook: "demo".into(),
+            params,
+            idempotency_key: key.map(str::to_string),
+        };
+        s.apply(index, 1, cmd(20, op)).0
+    }
+
+    fn assign(s: &mut State, index: u64, run: &str, step: &str) -> Vec<Effect> {
+        let op = Op::Assign {
+            run_id: run.into(),
+            step_id: step.into(),
+            worker: "w1".into(),
+            argv: vec!["echo".into()],
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_ms: None,
+        };
+        s.apply(index, 1, cmd(30, op)).1
+    }
+
+    fn finish(s: &mut State, index: u64, attempt_id: u64, state: AttemptState) -> Vec<Effect> {
+        let op = Op::AttemptFinished {
+            attempt_id,
+            state,
+            exit_code: Some(if state == AttemptState::Succeeded { 0 } else { 1 }),
+            stdout_tail: "out".into(),
+            stderr_tail: String::new(),
+            outputs: [("k".to_string(), "v".to_string())].into(),
+            error: None,
+        };
+        s.apply(index, 1, cmd(40, op)).1
+    }
+
+    #[test]
+    fn a_run_goes_through_its_steps_in_order() {
+        let mut s = state_with_runbook();
+        assert_eq!(start(&mut s, 2, "r1", None), Reply::Run { run_id: "r1".into(), deduplicated: false });
+        let fx = assign(&mut s, 3, "r1", "one");
+        assert!(
+            fx.iter().any(
+                |e| matches!(e, Effect::Dispatch(a) if a.attempt_id == 3 && a.fence == Fence { term: 1, index: 3 })
+            )
+        );
+        // The second step cannot be assigned while the first is running.
+        assert!(!assign(&mut s, 4, "r1", "two").iter().any(|e| matches!(e, Effect::Dispatch(_))));
+        finish(&mut s, 5, 3, AttemptState::Succeeded);
+        assert_eq!(s.runs["r1"].steps[0].outputs["k"], "v");
+        assign(&mut s, 6, "r1", "two");
+        finish(&mut s, 7, 6, AttemptState::Succeeded);
+        let run = &s.runs["r1"];
+        assert_eq!(run.state, RunState::Succeeded);
+        assert_eq!(run.finished_at_ms, 40);
+        assert!(s.active_runs.is_empty() && s.active_attempts.is_empty());
+    }
+
+    #[test]
+    fn duplicates_are_ignored() {
+        let mut s = state_with_runbook();
+        start(&mut s, 2, "r1", Some("key"));
+        // Same key, different leader-stamped id: the first run is returned.
+        assert_eq!(start(&mut s, 3, "r2", Some("key")), Reply::Run { run_id: "r1".into(), deduplicated: true });
+        assert_eq!(s.runs.len(), 1);
+        assign(&mut s, 4, "r1", "one");
+        // A second assignment of a running step makes no attempt.
+        assert!(assign(&mut s, 5, "r1", "one").is_empty());
+        assert_eq!(s.runs["r1"].steps[0].attempts.len(), 1);
+        finish(&mut s, 6, 4, AttemptState::Failed);
+        let snapshot = s.clone();
+        // A re-sent result changes nothing but is acknowledged again.
+        let fx = finish(&mut s, 7, 4, AttemptState::Succeeded);
+        assert_eq!(fx, vec![Effect::AckResult { worker: "w1".into(), attempt_id: 4 }]);
+        assert_eq!(s.runs, snapshot.runs);
+        assert_eq!(s.runs["r1"].state, RunState::Failed);
+    }
+
+    #[test]
+    fn a_lost_attempt_needs_attention_unless_the_step_is_idempotent() {
+        let mut s = state_with_runbook();
+        start(&mut s, 2, "r1", None);
+        assign(&mut s, 3, "r1", "one");
+        s.apply(4, 1, cmd(50, Op::AttemptLost { attempt_id: 3, reason: "gone".into() }));
+        let run = &s.runs["r1"];
+        assert_eq!(run.state, RunState::NeedsAttention);
+        assert_eq!(run.steps[0].state, StepState::Lost);
+        assert!(!s.active_runs.contains("r1"), "the engine leaves it to an operator");
+
+        start(&mut s, 5, "r2", None);
+        assign(&mut s, 6, "r2", "one");
+        finish(&mut s, 7, 6, AttemptState::Succeeded);
+        assign(&mut s, 8, "r2", "two");
+        s.apply(9, 1, cmd(50, Op::AttemptLost { attempt_id: 8, reason: "gone".into() }));
+        let run = &s.runs["r2"];
+        assert_eq!(run.state, RunState::Running);
+        assert_eq!(run.steps[1].state, StepState::Pending, "idempotent: ready for a new attempt");
+        assign(&mut s, 10, "r2", "two");
+        assert_eq!(s.runs["r2"].steps[1].attempts.len(), 2);
+        assert_eq!(s.runs["r2"].steps[1].attempts[1].number, 2);
+    }
+
+    #[test]
+    fn a_tick_fires_once_and_missed_ticks_leave_a_record() {
+        let mut s = state_with_runbook();
+        let text = "schedule: every-second\nrunbook: demo\ncron: \"* * * * * *\"\nparams: { who: cron }\n";
+        let sched = Schedule::parse("s.yaml", text).unwrap();
+        s.apply(2, 1, cmd(1_000, Op::ApplySchedule { schedule: sched }));
+        assert_eq!(s.schedules["every-second"].next_fire_at_ms, Some(2_000));
+        let fire =
+            |s: &mut State, i, t| s.apply(i, 1, cmd(t, Op::Fire { schedule: "every-second".into(), tick_ms: t })).0;
+        assert!(matches!(fire(&mut s, 3, 2_000), Reply::Run { .. }));
+        assert_eq!(fire(&mut s, 4, 2_000), Reply::Done, "a tick fires once");
+        assert_eq!(s.runs.len(), 1);
+        assert!(s.runs.contains_key(&Run::scheduled_id("every-second", 2_000)));
+        let op =
+            Op::RecordMissed { schedule: "every-second".into(), first_tick_ms: 3_000, last_tick_ms: 5_000, count: 3 };
+        s.apply(5, 1, cmd(6_000, op));
+        let st = &s.schedules["every-second"];
+        assert_eq!((st.next_fire_at_ms, st.ticks_missed, st.runs_fired), (Some(6_000), 3, 1));
+        assert_eq!(s.runs_newest_first("").next().unwrap().state, RunState::Missed);
+    }
+
+    #[test]
+    fn cancel_stops_pending_steps_and_asks_the_worker() {
+        let mut s = state_with_runbook();
+        start(&mut s, 2, "r1", None);
+        s.apply(3, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new() }));
+        assert_eq!(s.runs["r1"].state, RunState::Cancelled);
+        start(&mut s, 4, "r2", None);
+        assign(&mut s, 5, "r2", "one");
+        let (_, fx) = s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r2".into(), reason: "stop".into() }));
+        assert!(fx.contains(&Effect::CancelAttempt { worker: "w1".into(), attempt_id: 5 }));
+        assert_eq!(s.runs["r2"].state, RunState::Running);
+        finish(&mut s, 7, 5, AttemptState::Cancelled);
+        assert_eq!(s.runs["r2"].state, RunState::Cancelled);
+        assert_eq!(s.runs["r2"].steps[1].state, StepState::Cancelled);
+    }
+
+    #[test]
+    fn apply_is_deterministic_and_snapshots_round_trip() {
+        let run = |s: &mut State| {
+            start(s, 2, "r1", Some("k"));
+            assign(s, 3, "r1", "one");
+            finish(s, 4, 3, AttemptState::Succeeded);
+        };
+        let (mut a, mut b) = (state_with_runbook(), state_with_runbook());
+        run(&mut a);
+        run(&mut b);
+        assert_eq!(a, b);
+        let restored: State = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(restored, a);
+    }
+
+    #[test]
+    fn bad_params_are_rejected_at_apply() {
+        let mut s = state_with_runbook();
+        let op = Op::StartRun {
+            run_id: "r1".into(),
+            runbook: "demo".into(),
+            params: BTreeMap::new(),
+            idempotency_key: None,
+        };
+        assert!(matches!(s.apply(2, 1, cmd(1, op)).0, Reply::Rejected(_)));
+        assert!(s.runs.is_empty());
     }
 }

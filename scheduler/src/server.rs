@@ -82,14 +82,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let workers = Arc::new(Workers::default());
     let (run_changes, _) = broadcast::channel(1024);
     let (output_changes, _) = broadcast::channel(1024);
-    let api = Api { node: node.clone(), store, workers: workers.clone(), run_changes: run_changes.clone(), output_changes };
+    let api =
+        Api { node: node.clone(), store, workers: workers.clone(), run_changes: run_changes.clone(), output_changes };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
     tasks.push(tokio::spawn(run_effects(effects_rx, node.clone(), workers.clone(), run_changes)));
     tasks.push(tokio::spawn(drive_engine(node.clone(), workers, config.worker_grace, shutdown.clone())));
 
-    let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
+    let grpc =
+        TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding gRPC to {}", config.grpc_addr))?;
     let grpc_addr = grpc.local_addr()?;
     let http_listener =
         TcpListener::bind(config.http_addr).await.with_context(|| format!("binding HTTP to {}", config.http_addr))?;
@@ -110,11 +112,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::runbook_service_server::RunbookServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(pb::schedule_service_server::ScheduleServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(
+            pb::runbook_service_server::RunbookServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::schedule_service_server::ScheduleServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
         .add_service(pb::run_service_server::RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(pb::cluster_service_server::ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE));
+        .add_service(
+            pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::cluster_service_server::ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        );
     let token = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), token.cancelled()).await {
@@ -130,13 +140,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         }
     }));
 
-    // Wait until this node has a leader, so callers can use it at once.
-    let mut applied = node.subscribe_applied();
+    // Wait until this node knows a leader, so callers can use it at once. The status is
+    // published after every Ready; polling it cannot miss an election that already happened.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while node.status().leader_id == 0 {
-        if tokio::time::timeout_at(deadline, applied.recv()).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("no leader was elected within 30 s");
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tracing::info!(%grpc_addr, %http_addr, "node {} serving", config.id);
     Ok(RunningServer { grpc_addr, http_addr, api, node, shutdown, tasks, raft_thread: Some(raft_thread) })

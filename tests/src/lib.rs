@@ -152,7 +152,12 @@ impl Dev {
     }
 
     /// Polls `baton run show` until `pred` holds, or panics after `timeout`.
-    pub fn wait_run(&self, id: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_run(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let run = self.json(&["run", "show", id]);

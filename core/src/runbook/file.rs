@@ -11,8 +11,8 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use schemars::JsonSchema;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::schedule::ScheduleFile;
 
@@ -40,7 +40,7 @@ pub(crate) enum DocumentFile {
 /// A runbook: named, typed parameters and a list of steps that run in order.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Runbook")]
+#[schemars(title = "Runbook", rename = "Runbook")]
 pub(crate) struct RunbookFile {
     /// Unique name of the runbook: lowercase letters, digits and dashes, at most 63 characters.
     #[schemars(pattern(NAME_PATTERN))]
@@ -60,7 +60,7 @@ pub(crate) struct RunbookFile {
 /// Declaration of one parameter.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Parameter")]
+#[schemars(title = "Parameter", rename = "Parameter")]
 pub(crate) struct ParamFile {
     /// The value type; given values are coerced to it.
     #[serde(rename = "type")]
@@ -108,7 +108,7 @@ pub(crate) enum ParamType {
 /// One step of a runbook.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Step")]
+#[schemars(title = "Step", rename = "Step")]
 pub(crate) struct StepFile {
     /// Unique id within the runbook; later steps read this step's outputs as
     /// `steps.<id>.outputs.<name>` (or `steps['<id>']` when the id has dashes).
@@ -120,8 +120,8 @@ pub(crate) struct StepFile {
     #[serde(default)]
     #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
     pub timeout: Option<String>,
-    /// Whether running the step twice has the same effect as once; only idempotent steps are
-    /// retried after a worker is lost mid-step.
+    /// Whether running the step twice has the same effect as running it once, which makes it
+    /// safe to retry automatically.
     #[serde(default)]
     pub idempotent: bool,
     /// The action's inputs.
@@ -139,7 +139,7 @@ pub(crate) enum ActionType {
 /// Inputs of the `exec` action.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "Exec inputs")]
+#[schemars(title = "Exec inputs", rename = "ExecInputs")]
 pub(crate) struct ExecWithFile {
     /// Program and arguments as a list; each element is a template that becomes exactly one
     /// argument. Not a shell string: to use a shell, write `["sh", "-c", "..."]` and pass values

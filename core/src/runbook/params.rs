@@ -165,16 +165,10 @@ pub(crate) fn resolve(
     specs: &[ParamSpec],
     given: &BTreeMap<String, Value>,
 ) -> Result<BTreeMap<String, Value>, ParamError> {
-    if let Some(name) = given
-        .keys()
-        .find(|name| !specs.iter().any(|s| &s.name == *name))
-    {
+    if let Some(name) = given.keys().find(|name| !specs.iter().any(|s| &s.name == *name)) {
         let mut known: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         known.sort();
-        return Err(ParamError::Unknown {
-            name: name.clone(),
-            known,
-        });
+        return Err(ParamError::Unknown { name: name.clone(), known });
     }
     let mut resolved = BTreeMap::new();
     for spec in specs {
@@ -188,9 +182,7 @@ pub(crate) fn resolve(
                     resolved.insert(spec.name.clone(), default.clone());
                 }
                 None if spec.required => {
-                    return Err(ParamError::Missing {
-                        name: spec.name.clone(),
-                    });
+                    return Err(ParamError::Missing { name: spec.name.clone() });
                 }
                 None => {}
             },
@@ -219,8 +211,7 @@ pub(crate) fn coerce(spec: &ParamSpec, value: &Value) -> Result<Value, ParamErro
                 _ => None,
             }
             .ok_or_else(wrong_type)?;
-            if spec.min.is_some_and(|min| number < min) || spec.max.is_some_and(|max| number > max)
-            {
+            if spec.min.is_some_and(|min| number < min) || spec.max.is_some_and(|max| number > max) {
                 return Err(ParamError::OutOfRange {
                     name: spec.name.clone(),
                     value: number,
@@ -251,21 +242,13 @@ pub(crate) fn coerce(spec: &ParamSpec, value: &Value) -> Result<Value, ParamErro
         ParamKind::Enum { values } => {
             let text = scalar_text(value).ok_or_else(wrong_type)?;
             if !values.contains(&text) {
-                return Err(ParamError::NotInEnum {
-                    name: spec.name.clone(),
-                    value: text,
-                    allowed: values.clone(),
-                });
+                return Err(ParamError::NotInEnum { name: spec.name.clone(), value: text, allowed: values.clone() });
             }
             Ok(Value::String(text))
         }
         ParamKind::List => {
             let items: Vec<String> = match value {
-                Value::Array(items) => items
-                    .iter()
-                    .map(scalar_text)
-                    .collect::<Option<_>>()
-                    .ok_or_else(wrong_type)?,
+                Value::Array(items) => items.iter().map(scalar_text).collect::<Option<_>>().ok_or_else(wrong_type)?,
                 Value::String(s) if s.trim().is_empty() => Vec::new(),
                 Value::String(s) => s.split(',').map(|item| item.trim().to_string()).collect(),
                 _ => return Err(wrong_type()),
@@ -297,11 +280,7 @@ fn check_pattern(spec: &ParamSpec, text: &str) -> Result<(), ParamError> {
     if matches {
         Ok(())
     } else {
-        Err(ParamError::Pattern {
-            name: spec.name.clone(),
-            pattern: pattern.clone(),
-            value: text.to_string(),
-        })
+        Err(ParamError::Pattern { name: spec.name.clone(), pattern: pattern.clone(), value: text.to_string() })
     }
 }
 
@@ -332,32 +311,15 @@ mod tests {
 
     #[test]
     fn error_messages_name_the_parameter_and_the_fix() {
-        let unknown = ParamError::Unknown {
-            name: "pth".into(),
-            known: vec!["path".into()],
-        };
-        assert_eq!(
-            unknown.to_string(),
-            "unknown parameter `pth`; known parameters: path"
-        );
-        let range = ParamError::OutOfRange {
-            name: "days".into(),
-            value: 0,
-            min: Some(1),
-            max: None,
-        };
-        assert_eq!(
-            range.to_string(),
-            "parameter `days`: 0 is out of range (expected at least 1)"
-        );
+        let unknown = ParamError::Unknown { name: "pth".into(), known: vec!["path".into()] };
+        assert_eq!(unknown.to_string(), "unknown parameter `pth`; known parameters: path");
+        let range = ParamError::OutOfRange { name: "days".into(), value: 0, min: Some(1), max: None };
+        assert_eq!(range.to_string(), "parameter `days`: 0 is out of range (expected at least 1)");
         let kind = ParamError::WrongType {
             name: "n".into(),
             expected: ParamKind::Int.to_string(),
             found: describe_value(&json!("x")),
         };
-        assert_eq!(
-            kind.to_string(),
-            "parameter `n`: expected an integer, found the string \"x\""
-        );
+        assert_eq!(kind.to_string(), "parameter `n`: expected an integer, found the string \"x\"");
     }
 }

@@ -27,10 +27,7 @@ impl Pos {
     pub const START: Pos = Pos { line: 1, column: 1 };
 
     fn from_marker(marker: &Marker) -> Pos {
-        Pos {
-            line: marker.line().max(1),
-            column: marker.col() + 1,
-        }
+        Pos { line: marker.line().max(1), column: marker.col() + 1 }
     }
 }
 
@@ -39,9 +36,13 @@ impl Pos {
 enum Kind {
     Scalar,
     /// A list; `flow` for `[a, b]`, not for `- a` lines.
-    List { flow: bool },
+    List {
+        flow: bool,
+    },
     /// A mapping; `flow` for `{a: 1}`, not for `a: 1` lines.
-    Mapping { flow: bool },
+    Mapping {
+        flow: bool,
+    },
     Alias,
 }
 
@@ -88,17 +89,15 @@ enum Frame {
         next_index: usize,
     },
     /// A complex (non-scalar) mapping key: skipped, we only count nesting.
-    SkipKey { depth: usize },
+    SkipKey {
+        depth: usize,
+    },
 }
 
 impl<'a> SourceMap<'a> {
     /// Indexes `text`. Fails only on YAML syntax errors.
     pub fn build(text: &'a str) -> Result<SourceMap<'a>, SyntaxError> {
-        let mut map = SourceMap {
-            text,
-            nodes: Vec::new(),
-            by_path: HashMap::new(),
-        };
+        let mut map = SourceMap { text, nodes: Vec::new(), by_path: HashMap::new() };
         let mut stack: Vec<Frame> = Vec::new();
         let mut seen_root = false;
         for item in Parser::new_from_str(text) {
@@ -159,32 +158,18 @@ impl<'a> SourceMap<'a> {
                         Event::SequenceStart(style, ..) => (false, *style == StructureStyle::Flow),
                         _ => (false, false),
                     };
-                    let kind = if is_map {
-                        Kind::Mapping { flow }
-                    } else {
-                        Kind::List { flow }
-                    };
+                    let kind = if is_map { Kind::Mapping { flow } } else { Kind::List { flow } };
                     let node = map.push_node(&mut stack, kind, start, end, bytes);
                     stack.push(if is_map {
-                        Frame::Mapping {
-                            node,
-                            pending_key: None,
-                        }
+                        Frame::Mapping { node, pending_key: None }
                     } else {
-                        Frame::List {
-                            node,
-                            next_index: 0,
-                        }
+                        Frame::List { node, next_index: 0 }
                     });
                 }
                 Event::MappingEnd | Event::SequenceEnd => {
-                    if let Some(Frame::Mapping { node, .. } | Frame::List { node, .. }) =
-                        stack.pop()
-                    {
+                    if let Some(Frame::Mapping { node, .. } | Frame::List { node, .. }) = stack.pop() {
                         map.nodes[node].end = end;
-                        if let (Some((from, _)), Some((_, to))) =
-                            (map.nodes[node].bytes, bytes)
-                        {
+                        if let (Some((from, _)), Some((_, to))) = (map.nodes[node].bytes, bytes) {
                             map.nodes[node].bytes = Some((from, to));
                         }
                     }
@@ -196,13 +181,7 @@ impl<'a> SourceMap<'a> {
     }
 
     fn expecting_key(&self, stack: &[Frame]) -> bool {
-        matches!(
-            stack.last(),
-            Some(Frame::Mapping {
-                pending_key: None,
-                ..
-            })
-        )
+        matches!(stack.last(), Some(Frame::Mapping { pending_key: None, .. }))
     }
 
     fn key_done(&mut self, stack: &mut [Frame], key: String, pos: Pos) {
@@ -214,13 +193,8 @@ impl<'a> SourceMap<'a> {
     /// The path the next value will get, for error reporting mid-parse.
     fn current_path(&self, stack: &[Frame]) -> String {
         match stack.last() {
-            Some(Frame::Mapping {
-                node,
-                pending_key: Some((key, _)),
-            }) => join_key(&self.nodes[*node].path, key),
-            Some(Frame::Mapping { node, .. } | Frame::List { node, .. }) => {
-                self.nodes[*node].path.clone()
-            }
+            Some(Frame::Mapping { node, pending_key: Some((key, _)) }) => join_key(&self.nodes[*node].path, key),
+            Some(Frame::Mapping { node, .. } | Frame::List { node, .. }) => self.nodes[*node].path.clone(),
             _ => String::new(),
         }
     }
@@ -236,9 +210,7 @@ impl<'a> SourceMap<'a> {
     ) -> usize {
         let (path, key) = match stack.last_mut() {
             Some(Frame::Mapping { node, pending_key }) => {
-                let (name, pos) = pending_key
-                    .take()
-                    .unwrap_or_else(|| ("?".to_string(), Pos::START));
+                let (name, pos) = pending_key.take().unwrap_or_else(|| ("?".to_string(), Pos::START));
                 (join_key(&self.nodes[*node].path, &name), Some(pos))
             }
             Some(Frame::List { node, next_index }) => {
@@ -251,14 +223,7 @@ impl<'a> SourceMap<'a> {
         let index = self.nodes.len();
         // A duplicate key keeps its first position; serde-saphyr rejects duplicates anyway.
         self.by_path.entry(path.clone()).or_insert(index);
-        self.nodes.push(Node {
-            path,
-            key,
-            start,
-            end,
-            kind,
-            bytes,
-        });
+        self.nodes.push(Node { path, key, start, end, kind, bytes });
         index
     }
 
@@ -287,8 +252,7 @@ impl<'a> SourceMap<'a> {
 
     /// Where the key of `path` is (the value position for list items and the root).
     pub fn key_pos(&self, path: &str) -> Pos {
-        self.nearest(path)
-            .map_or(Pos::START, |n| n.key.unwrap_or(n.start))
+        self.nearest(path).map_or(Pos::START, |n| n.key.unwrap_or(n.start))
     }
 
     /// Where `needle` is written inside the single-line value at `path`: lets a diagnostic point
@@ -303,10 +267,7 @@ impl<'a> SourceMap<'a> {
             .filter(|written| !written.contains('\n'))
             .and_then(|written| written.find(needle).map(|i| written[..i].chars().count()));
         match offset {
-            Some(chars) => Pos {
-                line: node.start.line,
-                column: node.start.column + chars,
-            },
+            Some(chars) => Pos { line: node.start.line, column: node.start.column + chars },
             None => node.start,
         }
     }
@@ -323,14 +284,8 @@ impl<'a> SourceMap<'a> {
     }
 
     fn describe(&self, node: &Node) -> String {
-        let written = node
-            .bytes
-            .and_then(|(from, to)| self.text.get(from..to))
-            .map(str::trim);
-        let block = matches!(
-            node.kind,
-            Kind::List { flow: false } | Kind::Mapping { flow: false }
-        );
+        let written = node.bytes.and_then(|(from, to)| self.text.get(from..to)).map(str::trim);
+        let block = matches!(node.kind, Kind::List { flow: false } | Kind::Mapping { flow: false });
         match written {
             Some(text) if !block && !text.is_empty() && !text.contains('\n') => {
                 if text.chars().count() > 60 {
@@ -352,42 +307,26 @@ impl<'a> SourceMap<'a> {
 
     /// The path of the mapping key written at `pos`, if any.
     pub fn path_of_key_at(&self, pos: Pos) -> Option<&str> {
-        self.nodes
-            .iter()
-            .find(|n| n.key == Some(pos))
-            .map(|n| n.path.as_str())
+        self.nodes.iter().find(|n| n.key == Some(pos)).map(|n| n.path.as_str())
     }
 
     /// The path of the deepest value starting exactly at `pos`, or else the deepest value whose
     /// extent contains `pos`.
     pub fn path_of_value_at(&self, pos: Pos) -> Option<&str> {
         let exact = self.nodes.iter().rev().find(|n| n.start == pos);
-        let containing = || {
-            self.nodes
-                .iter()
-                .rev()
-                .find(|n| n.start <= pos && pos < n.end)
-        };
+        let containing = || self.nodes.iter().rev().find(|n| n.start <= pos && pos < n.end);
         exact.or_else(containing).map(|n| n.path.as_str())
     }
 
     /// What is written at the value starting at `pos`, if a node starts there.
     pub fn found_at(&self, pos: Pos) -> Option<String> {
-        self.nodes
-            .iter()
-            .rev()
-            .find(|n| n.start == pos)
-            .map(|n| self.describe(n))
+        self.nodes.iter().rev().find(|n| n.start == pos).map(|n| self.describe(n))
     }
 }
 
 /// `a.b` + `c` → `a.b.c`; the root path is empty.
 pub(crate) fn join_key(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_string()
-    } else {
-        format!("{parent}.{key}")
-    }
+    if parent.is_empty() { key.to_string() } else { format!("{parent}.{key}") }
 }
 
 /// `steps[1].with.command` → `steps[1].with`; `steps[1]` → `steps`; `name` → ``.

@@ -8,10 +8,7 @@ fn diagnostics(err: RunbookError) -> Vec<(usize, usize, String, String)> {
     for d in &err.diagnostics {
         assert_eq!(d.file, "bad.yaml");
     }
-    err.diagnostics
-        .into_iter()
-        .map(|d| (d.line, d.column, d.field, d.message))
-        .collect()
+    err.diagnostics.into_iter().map(|d| (d.line, d.column, d.field, d.message)).collect()
 }
 
 fn runbook_errors(text: &str) -> Vec<(usize, usize, String, String)> {
@@ -145,19 +142,32 @@ steps:
       workdir: \"{{ params.dir\"
 ";
     let found = runbook_errors(text);
-    let summary: Vec<(usize, usize, &str, &str)> = found
-        .iter()
-        .map(|(l, c, f, m)| (*l, *c, f.as_str(), m.as_str()))
-        .collect();
+    let summary: Vec<(usize, usize, &str, &str)> =
+        found.iter().map(|(l, c, f, m)| (*l, *c, f.as_str(), m.as_str())).collect();
     assert_eq!(
         summary,
         [
-            (6, 27, "steps[0].with.command[1]", "the template reads steps.second; templates can only read earlier steps: none"),
+            (
+                6,
+                27,
+                "steps[0].with.command[1]",
+                "the template reads steps.second; templates can only read earlier steps: none"
+            ),
             (7, 24, "steps[0].with.env.SELF", "the template reads steps.first; a step cannot read its own outputs"),
             (11, 27, "steps[1].with.command[1]", "the template reads steps.first.output; a step has: outputs, status"),
             (11, 57, "steps[1].with.command[2]", "the template reads run.idd; the run has: id, runbook, trigger"),
-            (11, 74, "steps[1].with.command[3]", "the template reads `secret`, which is not defined; templates can read params.<name>, steps.<earlier step id>.outputs.<name> and run.<field>"),
-            (12, 16, "steps[1].with.workdir", "invalid template: syntax error: unexpected end of input, expected end of variable block"),
+            (
+                11,
+                74,
+                "steps[1].with.command[3]",
+                "the template reads `secret`, which is not defined; templates can read params.<name>, steps.<earlier step id>.outputs.<name> and run.<field>"
+            ),
+            (
+                12,
+                16,
+                "steps[1].with.workdir",
+                "invalid template: syntax error: unexpected end of input, expected end of variable block"
+            ),
         ]
     );
 }
@@ -179,8 +189,8 @@ fn unknown_action_lists_known_ones() {
 #[test]
 fn missing_key_syntax_error_and_empty_document() {
     assert_one(runbook_errors("name: x\n"), 1, 1, "steps", "missing required key `steps`");
-    let text = format!("name: x\nsteps:\n  - id: a\n    with: {{ command: [echo] }}\n");
-    assert_one(runbook_errors(&text), 3, 5, "steps[0].action", "missing required key `action`");
+    let text = "name: x\nsteps:\n  - id: a\n    with: { command: [echo] }\n";
+    assert_one(runbook_errors(text), 3, 5, "steps[0].action", "missing required key `action`");
     assert_one(runbook_errors("name: x\nsteps: [\n"), 2, 8, "steps", "invalid YAML: unclosed bracket");
     assert_one(runbook_errors("# nothing\n"), 1, 1, "", "the document is empty");
 }
@@ -206,10 +216,7 @@ steps:
     assert_one(runbook_errors(&text), 10, 14, "params.i.type", "unknown value `float`");
     let text = text.replace("  i: { type: float }\n", "");
     let found = runbook_errors(&text);
-    let summary: Vec<(usize, usize, &str)> = found
-        .iter()
-        .map(|(l, c, f, _)| (*l, *c, f.as_str()))
-        .collect();
+    let summary: Vec<(usize, usize, &str)> = found.iter().map(|(l, c, f, _)| (*l, *c, f.as_str())).collect();
     assert_eq!(
         summary,
         [
@@ -241,7 +248,13 @@ fn bad_cron_and_timezone_point_at_their_values() {
     let text = "schedule: s\nrunbook: r\ncron: \"0 3 * * 8\"\n";
     assert_one(schedule_errors(text), 3, 7, "cron", "day of week \"8\": 8 is not a day");
     let text = "schedule: s\nrunbook: r\ncron: \"0 3 * * *\"\ntimezone: Europe/Berln\n";
-    assert_one(schedule_errors(text), 4, 11, "timezone", "expected an IANA time zone name such as UTC or Europe/Berlin, found \"Europe/Berln\"");
+    assert_one(
+        schedule_errors(text),
+        4,
+        11,
+        "timezone",
+        "expected an IANA time zone name such as UTC or Europe/Berlin, found \"Europe/Berln\"",
+    );
     let text = "schedule: s\nrunbook: r\ncron: \"0 3 * * *\"\nrunbok: x\n";
     assert_one(schedule_errors(text), 4, 1, "runbok", "unknown key `runbok`");
 }

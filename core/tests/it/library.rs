@@ -37,13 +37,15 @@ fn every_document_in_the_library_is_valid_and_lint_free() {
     let mut runbooks = BTreeMap::new();
     let mut schedules = Vec::new();
     for (file, text) in &files {
+        // Documents go into Raft snapshots: they must survive serialization unchanged.
+        if let Ok(document) = parse_document(file, text) {
+            let json = serde_json::to_string(&document).unwrap();
+            let back: Document = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, document, "{file}");
+        }
         match parse_document(file, text) {
             Ok(Document::Runbook(runbook)) => {
-                assert_eq!(
-                    format!("runbooks/{}.yaml", runbook.name),
-                    *file,
-                    "a runbook's file is named after it"
-                );
+                assert_eq!(format!("runbooks/{}.yaml", runbook.name), *file, "a runbook's file is named after it");
                 assert_eq!(runbook.lint(file), [], "{file}");
                 runbooks.insert(runbook.name.clone(), runbook);
             }
@@ -56,9 +58,7 @@ fn every_document_in_the_library_is_valid_and_lint_free() {
         let runbook = runbooks
             .get(&schedule.runbook)
             .unwrap_or_else(|| panic!("schedule {} names a missing runbook", schedule.name));
-        runbook
-            .resolve_params(&schedule.params)
-            .unwrap_or_else(|err| panic!("schedule {}: {err}", schedule.name));
+        runbook.resolve_params(&schedule.params).unwrap_or_else(|err| panic!("schedule {}: {err}", schedule.name));
         assert!(schedule.next_after(0).is_some());
     }
 }
@@ -69,11 +69,10 @@ fn hello_world_passes_the_greeting_through_env_and_outputs() {
         panic!("hello-world is a runbook");
     };
     assert!(runbook.resolve_params(&BTreeMap::new()).is_err(), "name is required");
-    let params = runbook
-        .resolve_params(&BTreeMap::from([("name".to_string(), json!("Ada"))]))
-        .unwrap();
+    let params = runbook.resolve_params(&BTreeMap::from([("name".to_string(), json!("Ada"))])).unwrap();
     let Action::Exec(greet) = &runbook.step("greet").unwrap().action;
-    let ctx = json!({ "params": params, "steps": {}, "run": { "id": "r1", "runbook": "hello-world", "trigger": "api" } });
+    let ctx =
+        json!({ "params": params, "steps": {}, "run": { "id": "r1", "runbook": "hello-world", "trigger": "api" } });
     let rendered = baton_core::template::render_exec(greet, &ctx).unwrap();
     assert_eq!(rendered.argv[0], "sh");
     assert!(!rendered.argv[2].contains("Ada"), "the value stays out of the script");
@@ -98,9 +97,7 @@ fn disk_cleanup_is_a_dry_run_unless_told_otherwise_and_refuses_root() {
         let given: BTreeMap<String, serde_json::Value> = serde_json::from_value(given).unwrap();
         let params = runbook.resolve_params(&given)?;
         let ctx = json!({ "params": params, "steps": {}, "run": {} });
-        Ok::<_, baton_core::runbook::ParamError>(
-            baton_core::template::render_exec(clean, &ctx).unwrap().argv,
-        )
+        Ok::<_, baton_core::runbook::ParamError>(baton_core::template::render_exec(clean, &ctx).unwrap().argv)
     };
     let dry = render(json!({ "path": "/var/log/app" })).unwrap();
     assert_eq!(dry.last().map(String::as_str), Some("-true"));
@@ -109,9 +106,6 @@ fn disk_cleanup_is_a_dry_run_unless_told_otherwise_and_refuses_root() {
     assert_eq!(real.last().map(String::as_str), Some("-delete"));
     assert!(real.contains(&"+30".to_string()));
     for dangerous in ["/", "/etc", "/var/log/../../etc", "var/log", "/home/x; rm -rf /"] {
-        assert!(
-            render(json!({ "path": dangerous })).is_err(),
-            "{dangerous} must be refused"
-        );
+        assert!(render(json!({ "path": dangerous })).is_err(), "{dangerous} must be refused");
     }
 }

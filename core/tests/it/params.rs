@@ -26,17 +26,12 @@ fn runbook() -> Runbook {
 }
 
 fn given(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 #[test]
 fn defaults_fill_in_and_optional_params_without_default_stay_absent() {
-    let resolved = runbook()
-        .resolve_params(&given(&[("path", json!("/var"))]))
-        .unwrap();
+    let resolved = runbook().resolve_params(&given(&[("path", json!("/var"))])).unwrap();
     assert_eq!(
         Value::from(serde_json::Map::from_iter(resolved)),
         json!({ "path": "/var", "days": 7, "dry_run": true, "mode": "fast", "hosts": ["a", "b"] })
@@ -69,9 +64,7 @@ fn coercion_table() {
     for (name, value, expected) in cases {
         let mut input = given(&[("path", json!("/x"))]);
         input.insert(name.to_string(), value.clone());
-        let resolved = runbook
-            .resolve_params(&input)
-            .unwrap_or_else(|err| panic!("{name}={value}: {err}"));
+        let resolved = runbook.resolve_params(&input).unwrap_or_else(|err| panic!("{name}={value}: {err}"));
         assert_eq!(resolved[name], expected, "{name}={value}");
     }
 }
@@ -80,7 +73,9 @@ fn coercion_table() {
 fn every_param_error() {
     let runbook = runbook();
     let s = |v: &str| v.to_string();
-    let cases: Vec<(Vec<(&str, Value)>, ParamError, &str)> = vec![
+    // (given values, expected error, its Display)
+    type Case = (Vec<(&'static str, Value)>, ParamError, &'static str);
+    let cases: Vec<Case> = vec![
         (
             vec![("path", json!("/x")), ("pth", json!("/y"))],
             ParamError::Unknown {
@@ -89,27 +84,15 @@ fn every_param_error() {
             },
             "unknown parameter `pth`; known parameters: days, dry_run, hosts, label, mode, path",
         ),
-        (
-            vec![],
-            ParamError::Missing { name: s("path") },
-            "missing required parameter `path`",
-        ),
+        (vec![], ParamError::Missing { name: s("path") }, "missing required parameter `path`"),
         (
             vec![("path", json!("/x")), ("days", json!("seven"))],
-            ParamError::WrongType {
-                name: s("days"),
-                expected: s("an integer"),
-                found: s("the string \"seven\""),
-            },
+            ParamError::WrongType { name: s("days"), expected: s("an integer"), found: s("the string \"seven\"") },
             "parameter `days`: expected an integer, found the string \"seven\"",
         ),
         (
             vec![("path", json!("/x")), ("days", json!(1.5))],
-            ParamError::WrongType {
-                name: s("days"),
-                expected: s("an integer"),
-                found: s("the number 1.5"),
-            },
+            ParamError::WrongType { name: s("days"), expected: s("an integer"), found: s("the number 1.5") },
             "parameter `days`: expected an integer, found the number 1.5",
         ),
         (
@@ -132,49 +115,27 @@ fn every_param_error() {
         ),
         (
             vec![("path", json!("relative"))],
-            ParamError::Pattern {
-                name: s("path"),
-                pattern: s("^/"),
-                value: s("relative"),
-            },
+            ParamError::Pattern { name: s("path"), pattern: s("^/"), value: s("relative") },
             "parameter `path`: \"relative\" does not match the pattern `^/`",
         ),
         (
             vec![("path", json!("/x")), ("hosts", json!("ok,NOT-OK"))],
-            ParamError::Pattern {
-                name: s("hosts"),
-                pattern: s("^[a-z]+$"),
-                value: s("NOT-OK"),
-            },
+            ParamError::Pattern { name: s("hosts"), pattern: s("^[a-z]+$"), value: s("NOT-OK") },
             "parameter `hosts`: \"NOT-OK\" does not match the pattern `^[a-z]+$`",
         ),
         (
             vec![("path", json!("/x")), ("days", json!("0"))],
-            ParamError::OutOfRange {
-                name: s("days"),
-                value: 0,
-                min: Some(1),
-                max: Some(3650),
-            },
+            ParamError::OutOfRange { name: s("days"), value: 0, min: Some(1), max: Some(3650) },
             "parameter `days`: 0 is out of range (expected 1 to 3650)",
         ),
         (
             vec![("path", json!("/x")), ("days", json!(4000))],
-            ParamError::OutOfRange {
-                name: s("days"),
-                value: 4000,
-                min: Some(1),
-                max: Some(3650),
-            },
+            ParamError::OutOfRange { name: s("days"), value: 4000, min: Some(1), max: Some(3650) },
             "parameter `days`: 4000 is out of range (expected 1 to 3650)",
         ),
         (
             vec![("path", json!("/x")), ("mode", json!("medium"))],
-            ParamError::NotInEnum {
-                name: s("mode"),
-                value: s("medium"),
-                allowed: ["fast", "slow"].map(s).to_vec(),
-            },
+            ParamError::NotInEnum { name: s("mode"), value: s("medium"), allowed: ["fast", "slow"].map(s).to_vec() },
             "parameter `mode`: \"medium\" is not one of: fast, slow",
         ),
     ];
@@ -187,11 +148,7 @@ fn every_param_error() {
 
 #[test]
 fn param_errors_survive_a_serde_round_trip() {
-    let err = ParamError::NotInEnum {
-        name: "mode".into(),
-        value: "x".into(),
-        allowed: vec!["a".into()],
-    };
+    let err = ParamError::NotInEnum { name: "mode".into(), value: "x".into(), allowed: vec!["a".into()] };
     let back: ParamError = serde_json::from_str(&serde_json::to_string(&err).unwrap()).unwrap();
     assert_eq!(back, err);
 }

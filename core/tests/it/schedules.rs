@@ -4,9 +4,7 @@ use baton_core::{Document, Schedule, parse_document};
 use chrono::{TimeZone, Utc};
 
 fn ms(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> i64 {
-    Utc.with_ymd_and_hms(y, mo, d, h, mi, s)
-        .unwrap()
-        .timestamp_millis()
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap().timestamp_millis()
 }
 
 fn schedule(cron: &str, timezone: &str) -> Schedule {

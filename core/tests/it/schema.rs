@@ -17,6 +17,7 @@ fn schema_accepts_either_a_runbook_or_a_schedule() {
     let kinds: Vec<Value> = choices.iter().map(resolve).collect();
     let titles: Vec<&str> = kinds.iter().filter_map(|k| k["title"].as_str()).collect();
     assert_eq!(titles, ["Runbook", "Schedule"]);
+    assert!(defs.get("Runbook").is_some() && defs.get("Schedule").is_some(), "{defs}");
 
     let runbook = &kinds[0];
     assert_eq!(runbook["additionalProperties"], false);

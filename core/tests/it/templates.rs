@@ -2,17 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use baton_core::Runbook;
 use baton_core::runbook::{Action, ExecAction};
 use baton_core::template::{TemplateError, render_exec};
-use baton_core::Runbook;
 use serde_json::{Value, json};
 
 fn exec(command: &[&str]) -> ExecAction {
-    ExecAction {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        env: BTreeMap::new(),
-        workdir: None,
-    }
+    ExecAction { command: command.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new(), workdir: None }
 }
 
 fn ctx(params: Value) -> Value {
@@ -87,9 +83,7 @@ steps:
     let params = runbook.resolve_params(&BTreeMap::new()).unwrap();
     let out = render_exec(action, &ctx(json!(params))).unwrap();
     assert_eq!(out.argv, ["echo", "none"]);
-    let params = runbook
-        .resolve_params(&BTreeMap::from([("label".to_string(), json!("x"))]))
-        .unwrap();
+    let params = runbook.resolve_params(&BTreeMap::from([("label".to_string(), json!("x"))])).unwrap();
     let out = render_exec(action, &ctx(json!(params))).unwrap();
     assert_eq!(out.argv, ["echo", "x"]);
 }

@@ -43,10 +43,7 @@ pub struct Api {
 
 /// Wall-clock time in unix ms: read here, at the edge, and stamped into commands.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Api {
@@ -81,9 +78,7 @@ impl Api {
             Document::Schedule(s) => ("schedule", s.name.clone(), Op::ApplySchedule { schedule: s }),
         };
         match self.propose(op).await? {
-            Reply::Applied { version, changed } => {
-                Ok(pb::ApplyResponse { kind: kind.into(), name, version, changed })
-            }
+            Reply::Applied { version, changed } => Ok(pb::ApplyResponse { kind: kind.into(), name, version, changed }),
             other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
         }
     }
@@ -148,7 +143,10 @@ impl pb::runbook_service_server::RunbookService for Api {
 
 #[tonic::async_trait]
 impl pb::schedule_service_server::ScheduleService for Api {
-    async fn list(&self, _req: Request<pb::ListSchedulesRequest>) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+    async fn list(
+        &self,
+        _req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
         let schedules = self.node.read(|s| {
             s.schedules
                 .values()

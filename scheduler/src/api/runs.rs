@@ -4,8 +4,8 @@ use std::pin::Pin;
 
 use baton_core::command::Op;
 use baton_core::runbook::ParamError;
-use baton_proto::v1 as pb;
 use baton_proto::run_to_pb;
+use baton_proto::v1 as pb;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;

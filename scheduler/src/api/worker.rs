@@ -101,9 +101,19 @@ impl Api {
             );
             (no, reconcile(s, &worker, &register.running_attempts, &reported))
         });
-        tracing::info!(worker, capacity = register.capacity, running = register.running_attempts.len(), "worker registered");
-        let registered = pb::Registered { worker_id: worker.clone(), heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS, term: status.term };
-        if tx.send(Ok(pb::ServerMessage { msg: Some(pb::server_message::Msg::Registered(registered)) })).await.is_err() {
+        tracing::info!(
+            worker,
+            capacity = register.capacity,
+            running = register.running_attempts.len(),
+            "worker registered"
+        );
+        let registered = pb::Registered {
+            worker_id: worker.clone(),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+            term: status.term,
+        };
+        if tx.send(Ok(pb::ServerMessage { msg: Some(pb::server_message::Msg::Registered(registered)) })).await.is_err()
+        {
             self.workers.unregister(&worker, no);
             return;
         }
@@ -132,7 +142,9 @@ impl Api {
                 }
                 pb::worker_message::Msg::Started(s) => {
                     let api = self.clone();
-                    tokio::spawn(async move { api.propose_report(Op::AttemptStarted { attempt_id: s.attempt_id }).await });
+                    tokio::spawn(
+                        async move { api.propose_report(Op::AttemptStarted { attempt_id: s.attempt_id }).await },
+                    );
                 }
                 pb::worker_message::Msg::Output(o) => self.store_output(&worker, o),
                 pb::worker_message::Msg::Result(r) => {

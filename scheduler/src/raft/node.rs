@@ -152,8 +152,9 @@ pub fn start_node(
     let snapshot = store.snapshot()?;
     let mut state = State::default();
     if !snapshot.data.is_empty() {
-        state = serde_json::from_slice(&snapshot.data)
-            .map_err(|e| anyhow::anyhow!("state-machine snapshot at index {} is unreadable: {e}", snapshot.get_metadata().index))?;
+        state = serde_json::from_slice(&snapshot.data).map_err(|e| {
+            anyhow::anyhow!("state-machine snapshot at index {} is unreadable: {e}", snapshot.get_metadata().index)
+        })?;
     }
     let snap_index = snapshot.get_metadata().index;
     let raft_config = raft::Config {

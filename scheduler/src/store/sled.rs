@@ -514,6 +514,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_log(dir.path());
         store.raft.remove(entry_key(1)).unwrap();
+        store.db.flush().unwrap();
         drop(store);
         let msg = corrupt_message(dir.path());
         assert!(msg.contains("starts at index 2"), "{msg}");
@@ -525,6 +526,7 @@ mod tests {
         let store = store_with_log(dir.path());
         let hs = HardState { commit: 9, ..Default::default() };
         store.raft.insert(HARD_STATE_KEY, hs.write_to_bytes().unwrap()).unwrap();
+        store.db.flush().unwrap();
         drop(store);
         let msg = corrupt_message(dir.path());
         assert!(msg.contains("commit 9 is beyond the last log index 5"), "{msg}");
@@ -535,6 +537,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_log(dir.path());
         store.raft.insert(entry_key(5), entry(4, 1).write_to_bytes().unwrap()).unwrap();
+        store.db.flush().unwrap();
         drop(store);
         let msg = corrupt_message(dir.path());
         assert!(msg.contains("stored at index 5 says it has index 4"), "{msg}");
@@ -557,6 +560,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         store.raft.insert(FORMAT_KEY, &7u32.to_be_bytes()).unwrap();
+        store.db.flush().unwrap();
         drop(store);
         let msg = corrupt_message(dir.path());
         assert!(msg.contains("format version 7"), "{msg}");

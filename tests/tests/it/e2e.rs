@@ -26,7 +26,7 @@ fn hello_world_runs_end_to_end_through_a_real_worker() {
     assert_eq!(run["state"], "succeeded", "{run:#}");
     let greet = &steps(&run)[0];
     assert_eq!(greet["exit_code"], 0);
-    assert_eq!(greet["outputs"]["greeting"], "Hello, Grace", "{run:#}");
+    assert_eq!(greet["outputs"]["greeting"], "Hello, Grace!", "{run:#}");
     let attempt = &greet["attempts"][0];
     assert_eq!(attempt["worker"], "dev");
     assert_eq!(attempt["state"], "succeeded");
@@ -115,7 +115,8 @@ fn bad_input_gets_a_precise_error_and_changes_nothing() {
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("broken.yaml:6:"), "location: {out}");
     assert!(out.stderr.contains("steps[0].with.command"), "field path: {out}");
-    let names: Vec<Value> = dev.json(&["runbook", "list"]).as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
+    let names: Vec<Value> =
+        dev.json(&["runbook", "list"]).as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
     assert!(!names.contains(&Value::from("broken")), "nothing applied: {names:?}");
 
     // The linter says the same without a server.
@@ -187,10 +188,10 @@ fn logs_follow_a_run_live_and_cancel_stops_it() {
 
 #[test]
 fn a_reflection_client_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let tmp = tempfile::tempdir().unwrap();
     let dev = Dev::start(&tmp.path().join("data"), &library());

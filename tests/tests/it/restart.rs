@@ -51,7 +51,8 @@ fn kill9_keeps_state_and_marks_a_running_attempt_lost() {
     dev.restart();
 
     // Everything committed before the crash is still there.
-    let runbooks: Vec<Value> = dev.json(&["runbook", "list"]).as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
+    let runbooks: Vec<Value> =
+        dev.json(&["runbook", "list"]).as_array().unwrap().iter().map(|r| r["name"].clone()).collect();
     assert_eq!(runbooks.len(), 3, "{runbooks:?}");
     let again = dev.json(&["run", "show", done["id"].as_str().unwrap()]);
     assert_eq!(again["state"], "succeeded");
