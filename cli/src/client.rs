@@ -491,7 +491,12 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
                     }
                 };
                 match parse_document(&name, &text) {
-                    Ok(Document::Runbook(r)) => println!("ok  {name}: runbook {} ({} steps)", r.name, r.steps.len()),
+                    Ok(Document::Runbook(r)) => {
+                        println!("ok  {name}: runbook {} ({} steps)", r.name, r.steps.len());
+                        for warning in r.lint(&name) {
+                            eprintln!("warning: {warning}");
+                        }
+                    }
                     Ok(Document::Schedule(s)) => {
                         println!("ok  {name}: schedule {} ({} -> {})", s.name, s.cron, s.runbook)
                     }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use baton_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::engine::WorkerSlot;
@@ -20,6 +21,8 @@ pub type SessionTx = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 
 struct Session {
     no: u64,
+    /// Cancelled to end the session (the worker then reconnects and is reconciled).
+    closed: CancellationToken,
     tx: SessionTx,
     capacity: u32,
     labels: BTreeMap<String, String>,
@@ -35,6 +38,8 @@ pub struct Workers {
     sessions: Mutex<HashMap<String, Session>>,
     order: Mutex<Vec<String>>,
     next_no: Mutex<u64>,
+    /// Workers that disconnected from this node, and when.
+    departed: Mutex<HashMap<String, i64>>,
 }
 
 impl Workers {
@@ -43,18 +48,24 @@ impl Workers {
         &self,
         id: &str,
         tx: SessionTx,
+        closed: CancellationToken,
         capacity: u32,
         labels: BTreeMap<String, String>,
         now_ms: i64,
         applied_index: u64,
     ) -> u64 {
+        self.departed.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let no = {
             let mut n = self.next_no.lock().unwrap_or_else(|e| e.into_inner());
             *n += 1;
             *n
         };
-        let session = Session { no, tx, capacity, labels, connected_at_ms: now_ms, registered_at_index: applied_index };
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session);
+        let session =
+            Session { no, closed, tx, capacity, labels, connected_at_ms: now_ms, registered_at_index: applied_index };
+        if let Some(old) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session) {
+            // A worker has one session: the newer one wins.
+            old.closed.cancel();
+        }
         let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         order.retain(|w| w != id);
         order.push(id.to_string());
@@ -62,12 +73,18 @@ impl Workers {
     }
 
     /// Removes the session `no` of worker `id` (not a newer one that replaced it).
-    pub fn unregister(&self, id: &str, no: u64) {
+    pub fn unregister(&self, id: &str, no: u64, now_ms: i64) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if sessions.get(id).is_some_and(|s| s.no == no) {
             sessions.remove(id);
             self.order.lock().unwrap_or_else(|e| e.into_inner()).retain(|w| w != id);
+            self.departed.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), now_ms);
         }
+    }
+
+    /// Workers that disconnected, and when (for the engine's grace period).
+    pub fn departed(&self) -> HashMap<String, i64> {
+        self.departed.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Connected workers for the engine, in registration order.
@@ -97,16 +114,23 @@ impl Workers {
         out
     }
 
-    /// Sends to a worker; false if it is not connected (or registered after `after_index`).
-    fn send(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>) -> bool {
-        let tx = {
+    /// Sends to a worker; false if it is not connected (or registered after `committed_at`).
+    /// A session that cannot take a message (its buffer is full) is closed: the worker
+    /// reconnects and is reconciled, instead of silently missing an assignment or a cancel.
+    pub fn send(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>) -> bool {
+        let (tx, closed) = {
             let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             match sessions.get(worker) {
-                Some(s) if committed_at.is_none_or(|i| i > s.registered_at_index) => s.tx.clone(),
+                Some(s) if committed_at.is_none_or(|i| i > s.registered_at_index) => (s.tx.clone(), s.closed.clone()),
                 _ => return false,
             }
         };
-        tx.try_send(Ok(pb::ServerMessage { msg: Some(msg) })).is_ok()
+        let sent = tx.try_send(Ok(pb::ServerMessage { msg: Some(msg) })).is_ok();
+        if !sent {
+            tracing::warn!(worker, "worker session is not keeping up; closing it");
+            closed.cancel();
+        }
+        sent
     }
 }
 

@@ -41,7 +41,10 @@ pub struct View {
     pub leader_since_ms: i64,
     /// Connected workers, in registration order.
     pub workers: Vec<WorkerSlot>,
-    /// How long a worker may stay away after a leader change before its attempts are lost.
+    /// Workers that were connected to this leader and left: id -> when it disconnected.
+    pub departed: HashMap<String, i64>,
+    /// How long a worker may stay away (after a leader change, or after it disconnected)
+    /// before its attempts are lost.
     pub worker_grace_ms: i64,
 }
 
@@ -127,6 +130,11 @@ impl Engine {
                 continue;
             };
             if view.workers.iter().any(|w| w.id == attempt.worker) {
+                continue;
+            }
+            // A worker that just dropped its connection gets the same grace to come back.
+            let away_since = view.departed.get(&attempt.worker).copied().unwrap_or(0).max(view.leader_since_ms);
+            if view.now_ms < away_since + view.worker_grace_ms {
                 continue;
             }
             if self.claim(format!("lost:{attempt_id}"), view.now_ms) {
@@ -296,6 +304,7 @@ steps:
             now_ms,
             leader_since_ms: 0,
             workers: workers.iter().map(|(id, c)| WorkerSlot { id: id.to_string(), capacity: *c }).collect(),
+            departed: HashMap::new(),
             worker_grace_ms: 1_000,
         }
     }
@@ -389,7 +398,12 @@ steps:
         }
         // Worker gone, but still inside the grace period after the leader change.
         assert!(e.decide(&w.state, &view(500, &[])).is_empty());
-        let ops = e.decide(&w.state, &view(1_500, &[]));
+        // A worker that disconnected at 1.2 s has its own grace period.
+        let mut v = view(1_500, &[]);
+        v.departed.insert("a".into(), 1_200);
+        assert!(e.decide(&w.state, &v).is_empty());
+        v.now_ms = 2_300;
+        let ops = e.decide(&w.state, &v);
         assert!(matches!(&ops[..], [Op::AttemptLost { .. }]), "{ops:?}");
         // Reconcile: a worker that comes back without the attempt loses it at once.
         let id = *w.state.active_attempts.keys().next().unwrap();

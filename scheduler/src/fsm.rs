@@ -145,7 +145,7 @@ impl State {
         let now = cmd.at_ms;
         let reply = match cmd.op {
             Op::ApplyRunbook { runbook } => self.apply_runbook(runbook, now),
-            Op::ApplySchedule { schedule } => self.apply_schedule(schedule, now),
+            Op::ApplySchedule { schedule } => self.apply_schedule(index, schedule, now, &mut fx),
             Op::StartRun { run_id, runbook, params, idempotency_key } => {
                 self.start_run(index, now, run_id, &runbook, params, idempotency_key, &mut fx)
             }
@@ -230,7 +230,7 @@ impl State {
         Reply::Applied { version, changed }
     }
 
-    fn apply_schedule(&mut self, schedule: Schedule, now: i64) -> Reply {
+    fn apply_schedule(&mut self, index: u64, schedule: Schedule, now: i64, fx: &mut Vec<Effect>) -> Reply {
         if !self.runbooks.contains_key(&schedule.runbook) {
             return Reply::Rejected(format!(
                 "schedule {}: runbook {:?} does not exist; apply it first",
@@ -246,11 +246,22 @@ impl State {
         {
             return Reply::Applied { version: String::new(), changed: false };
         }
-        let next = schedule.next_after(now);
-        let (fired, missed, last) = match self.schedules.get(&schedule.name) {
-            Some(old) => (old.runs_fired, old.ticks_missed, old.last_tick_ms),
-            None => (0, 0, None),
+        let (fired, mut missed, mut last, overdue) = match self.schedules.get(&schedule.name) {
+            Some(old) => {
+                (old.runs_fired, old.ticks_missed, old.last_tick_ms, old.next_fire_at_ms.filter(|t| *t <= now))
+            }
+            None => (0, 0, None, None),
         };
+        // A changed definition continues after the last tick handled, never before it (a
+        // leader's clock may be behind the tick that fired): a tick never fires twice.
+        let base = last.map_or(now, |l| l.max(now));
+        let next = schedule.next_after(base);
+        if let Some(tick) = overdue {
+            // The tick that was due under the old definition is not run, but not silently.
+            self.insert_run(index, missed_record(&schedule.name, &schedule.runbook, tick, tick, 1, now), fx);
+            missed += 1;
+            last = Some(tick.max(last.unwrap_or(tick)));
+        }
         self.schedules.insert(
             schedule.name.clone(),
             ScheduleState {
@@ -309,6 +320,12 @@ impl State {
         }
         let schedule = s.schedule.clone();
         let run_id = Run::scheduled_id(name, tick_ms);
+        if self.runs.contains_key(&run_id) {
+            // This tick already made its run (under an earlier definition): move on.
+            let s = self.schedules.get_mut(name).expect("checked above");
+            s.next_fire_at_ms = schedule.next_after(tick_ms);
+            return Reply::Done;
+        }
         let trigger = Trigger::Schedule { name: name.to_string(), tick_ms };
         let created = match self.runbooks.get(&schedule.runbook) {
             None => Err(format!("runbook {:?} does not exist", schedule.runbook)),
@@ -364,24 +381,7 @@ impl State {
         s.last_tick_ms = Some(last_tick_ms);
         s.next_fire_at_ms = s.schedule.next_after(last_tick_ms);
         s.ticks_missed += count;
-        let run = Run {
-            id: format!("{}-missed", Run::scheduled_id(name, first_tick_ms)),
-            runbook: s.schedule.runbook.clone(),
-            version: String::new(),
-            params: BTreeMap::new(),
-            trigger: Trigger::Schedule { name: name.to_string(), tick_ms: first_tick_ms },
-            state: RunState::Missed,
-            steps: Vec::new(),
-            created_at_ms: now,
-            started_at_ms: 0,
-            finished_at_ms: now,
-            error: Some(format!(
-                "{count} tick(s) from {first_tick_ms} to {last_tick_ms} were missed: no leader could fire them in time"
-            )),
-            idempotency_key: None,
-            missed_ticks: count,
-            cancel_requested: false,
-        };
+        let run = missed_record(name, &s.schedule.runbook.clone(), first_tick_ms, last_tick_ms, count, now);
         let id = run.id.clone();
         self.insert_run(index, run, fx);
         Reply::Run { run_id: id, deduplicated: false }
@@ -491,6 +491,12 @@ impl State {
             }
             AttemptState::Cancelled => (StepState::Cancelled, Some((RunState::Cancelled, None))),
             AttemptState::Lost if idempotent && !cancel_requested => (StepState::Pending, None),
+            AttemptState::Lost if cancel_requested => {
+                let msg = format!(
+                    "cancelled; the outcome of step {step_id} (attempt {attempt_id}) is unknown: its worker was lost"
+                );
+                (StepState::Lost, Some((RunState::Cancelled, Some(msg))))
+            }
             AttemptState::Lost => {
                 let why = r.error.unwrap_or_default();
                 let msg = format!(
@@ -553,6 +559,10 @@ impl State {
 
     fn insert_run(&mut self, index: u64, run: Run, fx: &mut Vec<Effect>) {
         let id = run.id.clone();
+        if self.runs.contains_key(&id) {
+            // Run ids are never reused; callers check first, this keeps it true regardless.
+            return;
+        }
         if !run.state.is_terminal() {
             self.active_runs.insert(id.clone());
         }
@@ -598,6 +608,28 @@ struct AttemptResult {
     stderr_tail: String,
     outputs: BTreeMap<String, String>,
     error: Option<String>,
+}
+
+/// The visible record of ticks that could not fire.
+fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms: i64, count: u64, now: i64) -> Run {
+    Run {
+        id: format!("{}-missed", Run::scheduled_id(schedule, first_tick_ms)),
+        runbook: runbook.to_string(),
+        version: String::new(),
+        params: BTreeMap::new(),
+        trigger: Trigger::Schedule { name: schedule.to_string(), tick_ms: first_tick_ms },
+        state: RunState::Missed,
+        steps: Vec::new(),
+        created_at_ms: now,
+        started_at_ms: 0,
+        finished_at_ms: now,
+        error: Some(format!(
+            "{count} tick(s) from {first_tick_ms} to {last_tick_ms} were missed: no leader could fire them in time"
+        )),
+        idempotency_key: None,
+        missed_ticks: count,
+        cancel_requested: false,
+    }
 }
 
 /// The first step of a run that has not succeeded: the one to work on next.
@@ -783,6 +815,40 @@ steps:
         let st = &s.schedules["every-second"];
         assert_eq!((st.next_fire_at_ms, st.ticks_missed, st.runs_fired), (Some(6_000), 3, 1));
         assert_eq!(s.runs_newest_first("").next().unwrap().state, RunState::Missed);
+    }
+
+    #[test]
+    fn changing_a_schedule_never_refires_a_tick_nor_drops_one_silently() {
+        let mut s = state_with_runbook();
+        let every = |who: &str| {
+            let text = format!("schedule: s\nrunbook: demo\ncron: \"* * * * * *\"\nparams: {{ who: {who} }}\n");
+            Schedule::parse("s.yaml", &text).unwrap()
+        };
+        s.apply(2, 1, cmd(1_000, Op::ApplySchedule { schedule: every("a") }));
+        s.apply(3, 1, cmd(2_000, Op::Fire { schedule: "s".into(), tick_ms: 2_000 }));
+        // Re-applied with a leader clock behind the tick that already fired.
+        s.apply(4, 1, cmd(1_500, Op::ApplySchedule { schedule: every("b") }));
+        assert_eq!(s.schedules["s"].next_fire_at_ms, Some(3_000));
+        assert_eq!(s.apply(5, 1, cmd(2_000, Op::Fire { schedule: "s".into(), tick_ms: 2_000 })).0, Reply::Done);
+        // Re-applied while the 3 s tick is overdue: it is recorded as missed, not dropped.
+        s.apply(6, 1, cmd(3_500, Op::ApplySchedule { schedule: every("c") }));
+        let st = &s.schedules["s"];
+        assert_eq!((st.next_fire_at_ms, st.ticks_missed, st.last_tick_ms), (Some(4_000), 1, Some(3_000)));
+        assert_eq!(s.runs_newest_first("").next().unwrap().state, RunState::Missed);
+        assert_eq!(s.runs.len(), 2);
+    }
+
+    #[test]
+    fn a_lost_attempt_of_a_cancelled_run_ends_it_cancelled() {
+        let mut s = state_with_runbook();
+        start(&mut s, 2, "r1", None);
+        assign(&mut s, 3, "r1", "one");
+        finish(&mut s, 4, 3, AttemptState::Succeeded);
+        assign(&mut s, 5, "r1", "two");
+        s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new() }));
+        s.apply(7, 1, cmd(6, Op::AttemptLost { attempt_id: 5, reason: "gone".into() }));
+        assert_eq!(s.runs["r1"].state, RunState::Cancelled);
+        assert_eq!(s.runs["r1"].steps[1].state, StepState::Lost);
     }
 
     #[test]

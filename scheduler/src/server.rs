@@ -194,6 +194,7 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
                 now_ms: now_ms(),
                 leader_since_ms,
                 workers: workers.slots(),
+                departed: workers.departed(),
                 worker_grace_ms: grace.as_millis() as i64,
             };
             let ops = node.read(|s| engine.decide(s, &view));

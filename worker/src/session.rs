@@ -19,11 +19,14 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 
 use crate::exec::{ExecRequest, ExecStatus, OutputChunk, Stream, run_exec};
 
 /// How many attempt ids the worker remembers to refuse duplicates.
 const SEEN_MEMORY: usize = 100_000;
+/// A result not acknowledged after this long is sent again.
+const RESEND_AFTER: Duration = Duration::from_secs(5);
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -62,7 +65,8 @@ struct Memory {
     seen_order: VecDeque<u64>,
     max_term: u64,
     running: HashMap<u64, CancellationToken>,
-    unacked: BTreeMap<u64, pb::AttemptResult>,
+    /// Results not yet acknowledged, with when they were last sent.
+    unacked: BTreeMap<u64, (pb::AttemptResult, std::time::Instant)>,
     /// The current session's outbound stream, if connected.
     out: Option<mpsc::Sender<pb::WorkerMessage>>,
 }
@@ -130,22 +134,36 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
 
 /// One session: returns when the stream ends or fails.
 async fn session(config: &WorkerConfig, server: &str, memory: &Shared) -> anyhow::Result<()> {
-    let mut client = WorkerServiceClient::connect(server.to_string()).await?;
+    // HTTP/2 keepalives notice a dead server or a cut network even while nothing is sent.
+    let channel = Endpoint::from_shared(server.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let mut client = WorkerServiceClient::new(channel);
     let (tx, rx) = mpsc::channel::<pb::WorkerMessage>(1024);
-    let register = {
-        let m = lock(memory);
-        pb::Register {
+    {
+        // Under one lock: the report of running attempts and pending results, and the switch
+        // to this session, so a result finishing meanwhile is either reported or sent here.
+        let mut m = lock(memory);
+        let register = pb::Register {
             worker_id: config.id.clone(),
             labels: config.labels.clone().into_iter().collect(),
             capacity: config.capacity,
             running_attempts: m.running.keys().copied().collect(),
-            unacked_results: m.unacked.values().cloned().collect(),
+            unacked_results: m.unacked.values().map(|(r, _)| r.clone()).collect(),
+        };
+        let now = std::time::Instant::now();
+        for (_, sent) in m.unacked.values_mut() {
+            *sent = now;
         }
-    };
-    tx.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Register(register)) }).await?;
+        tx.try_send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Register(register)) })?;
+        m.out = Some(tx.clone());
+    }
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-    let heartbeat = tx.clone();
-    lock(memory).out = Some(tx);
+    let heartbeat = tx;
     let mut interval = Duration::from_secs(2);
     let mut ticker = tokio::time::interval(interval);
     loop {
@@ -165,7 +183,9 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared) -> anyhow
                             ticker = tokio::time::interval(interval);
                         }
                     }
-                    Some(pb::server_message::Msg::Assign(a)) => accept(config, memory, a),
+                    Some(pb::server_message::Msg::Assign(a)) => {
+                        accept(config, memory, a);
+                    }
                     Some(pb::server_message::Msg::Cancel(c)) => {
                         if let Some(token) = lock(memory).running.get(&c.attempt_id) {
                             tracing::info!(attempt = c.attempt_id, "cancel requested");
@@ -180,27 +200,61 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared) -> anyhow
             }
             _ = ticker.tick() => {
                 let hb = pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {})) };
-                if heartbeat.send(hb).await.is_err() {
-                    return Ok(());
+                if heartbeat.try_send(hb).is_err() {
+                    anyhow::bail!("the session is not draining (server unresponsive)");
+                }
+                // A result whose acknowledgement has not come is sent again; the cluster
+                // ignores duplicates and acknowledges again.
+                let stale: Vec<pb::AttemptResult> = {
+                    let mut m = lock(memory);
+                    let now = std::time::Instant::now();
+                    m.unacked
+                        .values_mut()
+                        .filter(|(_, sent)| now.duration_since(*sent) >= RESEND_AFTER)
+                        .map(|(r, sent)| {
+                            *sent = now;
+                            r.clone()
+                        })
+                        .collect()
+                };
+                for r in stale {
+                    let _ = heartbeat.try_send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Result(r)) });
                 }
             }
         }
     }
 }
 
-/// Accepts an assignment unless it was seen before or is fenced below a newer term.
-fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) {
+/// Accepts an assignment unless it was seen before or is fenced below a newer term; says which.
+fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) -> bool {
     let fence_term = a.fence.map(|f| f.term).unwrap_or(0);
     let token = CancellationToken::new();
     {
         let mut m = lock(memory);
         if m.seen.contains(&a.attempt_id) {
             tracing::warn!(attempt = a.attempt_id, "refusing an attempt this worker has already seen");
-            return;
+            return false;
         }
         if fence_term < m.max_term {
+            // Say so, so the attempt does not wait forever: it did not run.
             tracing::warn!(attempt = a.attempt_id, fence_term, max_term = m.max_term, "refusing a stale assignment");
-            return;
+            let refusal = pb::AttemptResult {
+                attempt_id: a.attempt_id,
+                run_id: a.run_id.clone(),
+                step_id: a.step_id.clone(),
+                state: pb::AttemptState::Failed as i32,
+                error: format!(
+                    "refused by worker {}: fenced by term {fence_term}, older than term {}",
+                    config.id, m.max_term
+                ),
+                finished_at_ms: now_ms(),
+                ..Default::default()
+            };
+            m.unacked.insert(a.attempt_id, (refusal.clone(), std::time::Instant::now()));
+            if let Some(out) = &m.out {
+                let _ = out.try_send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Result(refusal)) });
+            }
+            return false;
         }
         m.max_term = fence_term;
         m.remember(a.attempt_id);
@@ -209,6 +263,7 @@ fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) {
     let config = config.clone();
     let memory = memory.clone();
     tokio::spawn(async move { execute(config, memory, a, token).await });
+    true
 }
 
 async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token: CancellationToken) {
@@ -275,11 +330,51 @@ async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token:
     {
         let mut m = lock(&memory);
         m.running.remove(&attempt_id);
-        m.unacked.insert(attempt_id, result.clone());
+        m.unacked.insert(attempt_id, (result.clone(), std::time::Instant::now()));
     }
     send(&memory, pb::worker_message::Msg::Result(result)).await;
 }
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(attempt_id: u64, term: u64) -> pb::Assignment {
+        pb::Assignment {
+            attempt_id,
+            run_id: "r".into(),
+            step_id: "s".into(),
+            fence: Some(pb::Fence { term, index: attempt_id }),
+            argv: vec!["true".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_runs_at_most_once_and_stale_fences_are_refused() {
+        let config = WorkerConfig::new("w", vec!["http://127.0.0.1:1".into()]);
+        let memory: Shared = Arc::default();
+        assert!(accept(&config, &memory, assignment(7, 2)));
+        assert!(!accept(&config, &memory, assignment(7, 2)), "the same attempt id twice");
+        assert!(!accept(&config, &memory, assignment(8, 1)), "fenced by an older term");
+        assert!(accept(&config, &memory, assignment(9, 3)));
+        assert!(!accept(&config, &memory, assignment(10, 2)), "a newer term was seen");
+        // Results wait for an acknowledgement.
+        for _ in 0..200 {
+            if lock(&memory).unacked.len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let m = lock(&memory);
+        // 7 and 9 ran; 8 and 10 were refused and reported as failed without running.
+        assert_eq!(m.unacked.keys().copied().collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert!(m.unacked[&8].0.error.contains("refused"));
+        assert_eq!(m.unacked[&7].0.state, pb::AttemptState::Succeeded as i32);
+        assert!(m.running.is_empty());
+    }
 }

@@ -111,7 +111,11 @@ impl pb::run_service_server::RunService for Api {
                 return;
             }
             while !is_terminal(&last) {
-                match changes.recv().await {
+                let changed = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = tx.closed() => return,
+                };
+                match changed {
                     Ok(changed) if changed != id => continue,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return,

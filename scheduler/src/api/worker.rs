@@ -6,6 +6,7 @@
 //! acknowledgement is sent only after the result is committed.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use baton_core::command::Op;
 use baton_proto::attempt_state_from_pb;
@@ -13,6 +14,7 @@ use baton_proto::v1 as pb;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, ApiError, now_ms};
@@ -90,16 +92,22 @@ impl Api {
         let reported: Vec<u64> = register.unacked_results.iter().map(|r| r.attempt_id).collect();
         // Register and reconcile under one read of the state: apply cannot interleave, so every
         // assignment is either in the reconciled state or committed after the registration.
-        let (no, lost) = self.node.read(|s| {
+        let closed = CancellationToken::new();
+        let (no, lost, stop) = self.node.read(|s| {
             let no = self.workers.register(
                 &worker,
                 tx.clone(),
+                closed.clone(),
                 register.capacity,
                 register.labels.clone().into_iter().collect(),
                 now_ms(),
                 s.applied_index,
             );
-            (no, reconcile(s, &worker, &register.running_attempts, &reported))
+            (
+                no,
+                reconcile(s, &worker, &register.running_attempts, &reported),
+                to_stop(s, &worker, &register.running_attempts),
+            )
         });
         tracing::info!(
             worker,
@@ -114,8 +122,13 @@ impl Api {
         };
         if tx.send(Ok(pb::ServerMessage { msg: Some(pb::server_message::Msg::Registered(registered)) })).await.is_err()
         {
-            self.workers.unregister(&worker, no);
+            self.workers.unregister(&worker, no, now_ms());
             return;
+        }
+        for attempt_id in stop {
+            // Running, but already resolved (lost) or its run is being cancelled: stop it.
+            let msg = pb::server_message::Msg::Cancel(pb::CancelAttempt { attempt_id });
+            let _ = tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await;
         }
         for op in lost {
             self.propose_report(op).await;
@@ -126,11 +139,25 @@ impl Api {
                 Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
             }
         }
-        while let Some(msg) = inbound.next().await {
-            let msg = match msg {
-                Ok(pb::WorkerMessage { msg: Some(m) }) => m,
-                Ok(_) => continue,
-                Err(e) => {
+        // A worker that sends nothing (not even a heartbeat) for this long is gone.
+        let silence = Duration::from_millis(u64::from(HEARTBEAT_INTERVAL_MS) * 3);
+        loop {
+            let next = tokio::select! {
+                _ = closed.cancelled() => {
+                    tracing::warn!(worker, "closing the worker session");
+                    break;
+                }
+                next = tokio::time::timeout(silence, inbound.next()) => next,
+            };
+            let msg = match next {
+                Err(_) => {
+                    tracing::warn!(worker, "no message from the worker for {silence:?}; dropping its session");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(pb::WorkerMessage { msg: Some(m) }))) => m,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => {
                     tracing::info!(worker, "worker stream ended: {e}");
                     break;
                 }
@@ -162,7 +189,7 @@ impl Api {
                 }
             }
         }
-        self.workers.unregister(&worker, no);
+        self.workers.unregister(&worker, no, now_ms());
         tracing::info!(worker, "worker disconnected");
     }
 
@@ -203,6 +230,22 @@ impl Api {
             Err(e) => tracing::error!("storing output: {e}"),
         }
     }
+}
+
+/// Attempts a worker reports running that it should stop: no longer active for it in the
+/// replicated state (already declared lost), or of a run being cancelled.
+fn to_stop(state: &crate::fsm::State, worker: &str, running: &[u64]) -> Vec<u64> {
+    running
+        .iter()
+        .copied()
+        .filter(|id| match state.active_attempts.get(id) {
+            None => true,
+            Some((run_id, si)) => {
+                let run = &state.runs[run_id];
+                run.cancel_requested || run.steps[*si].active_attempt().is_none_or(|a| a.worker != worker)
+            }
+        })
+        .collect()
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

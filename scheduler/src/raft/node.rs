@@ -204,16 +204,25 @@ pub fn start_node(
         effects,
         pending: HashMap::new(),
         next_proposal: 1,
+        boot: uuid::Uuid::new_v4().as_u64_pair().0,
         conf_state: initial.conf_state,
         last_snapshot: snap_index,
         role: StateRole::Follower,
         replay_until: initial.hard_state.commit,
     };
     let thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
-        if let Err(e) = lp.run(rx) {
-            // A node that cannot persist must not go on acknowledging anything.
-            tracing::error!("raft loop stopped: {e:#}");
-            std::process::exit(70);
+        // A node that cannot persist or apply must not go on serving stale state: stop the
+        // process, so a supervisor restarts it and clients fail over.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run(rx))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("raft loop stopped: {e:#}");
+                std::process::exit(70);
+            }
+            Err(_) => {
+                tracing::error!("raft loop panicked");
+                std::process::exit(70);
+            }
         }
     })?;
     Ok((handle, thread))
@@ -230,6 +239,8 @@ struct Loop {
     /// Proposals of this node waiting to be applied, by the id in their entry context.
     pending: HashMap<u64, oneshot::Sender<Result<Reply, ProposeError>>>,
     next_proposal: u64,
+    /// Random per process: an entry proposed before a restart never answers a new caller.
+    boot: u64,
     conf_state: ConfState,
     last_snapshot: u64,
     role: StateRole,
@@ -276,8 +287,9 @@ impl Loop {
         }
         let id = self.next_proposal;
         self.next_proposal += 1;
-        let mut ctx = Vec::with_capacity(16);
+        let mut ctx = Vec::with_capacity(24);
         ctx.extend_from_slice(&self.config.id.to_be_bytes());
+        ctx.extend_from_slice(&self.boot.to_be_bytes());
         ctx.extend_from_slice(&id.to_be_bytes());
         match self.raw.propose(ctx, data) {
             Ok(()) => {
@@ -303,15 +315,17 @@ impl Loop {
             self.install_snapshot(&snap)?;
         }
 
-        // c. Apply entries committed earlier (they are already durable).
-        let committed = ready.take_committed_entries();
-        self.apply(committed)?;
-
-        // d. Persist new entries and hard state, fsync'd, before anything depending on them.
+        // c. Persist new entries and hard state, fsync'd, before anything depending on them.
+        //    Done before applying, so the durable commit index always covers what was applied:
+        //    after a crash, assignments applied before it are known as such and never re-sent.
         let hs = ready.hs().cloned();
         if !ready.entries().is_empty() || hs.is_some() {
             self.store.persist(Persist { entries: ready.entries(), hard_state: hs.as_ref(), snapshot: None })?;
         }
+
+        // d. Apply entries committed earlier (durable here and on a quorum).
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
 
         // e. Messages that must follow persistence (votes, append responses).
         self.send(ready.take_persisted_messages());
@@ -397,10 +411,10 @@ impl Loop {
     }
 
     fn own_proposal(&mut self, ctx: &[u8]) -> Option<oneshot::Sender<Result<Reply, ProposeError>>> {
-        if ctx.len() != 16 || ctx[..8] != self.config.id.to_be_bytes() {
+        if ctx.len() != 24 || ctx[..8] != self.config.id.to_be_bytes() || ctx[8..16] != self.boot.to_be_bytes() {
             return None;
         }
-        let id = u64::from_be_bytes(ctx[8..].try_into().ok()?);
+        let id = u64::from_be_bytes(ctx[16..].try_into().ok()?);
         self.pending.remove(&id)
     }
 

@@ -124,6 +124,13 @@ fn bad_input_gets_a_precise_error_and_changes_nothing() {
     assert_ne!(lint.code, 0);
     assert!(lint.stderr.contains("steps[0].with.command"), "{lint}");
 
+    // An oversized document.
+    let big = tmp.path().join("big.yaml");
+    std::fs::write(&big, format!("name: big\ndescription: {}\n", "x".repeat(300 * 1024))).unwrap();
+    let out = dev.cli(&["runbook", "apply", "-f", big.to_str().unwrap()]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("limit"), "{out}");
+
     // Unknown runbook, unknown param, missing param, param failing its pattern.
     let cases: [(&[&str], &str); 4] = [
         (&["run", "start", "no-such-runbook"], "no-such-runbook"),

@@ -1,4 +1,5 @@
 //! End-to-end tests over real `baton dev` processes, driven through the CLI and gRPC.
 
+mod deploy;
 mod e2e;
 mod restart;

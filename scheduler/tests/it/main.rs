@@ -1,0 +1,4 @@
+//! baton-scheduler's integration tests: the store conformance suite and whole nodes in-process.
+
+mod node;
+mod store;

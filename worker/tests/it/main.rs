@@ -1,0 +1,3 @@
+//! baton-worker integration tests: the exec action against real processes.
+
+mod exec;
