@@ -140,6 +140,15 @@ async fn channel(opts: &ClientOpts) -> anyhow::Result<Channel> {
         })
 }
 
+/// A request carrying the read mode the user asked for.
+fn req<T>(opts: &ClientOpts, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if opts.stale {
+        r.metadata_mut().insert("baton-read", tonic::metadata::MetadataValue::from_static("stale"));
+    }
+    r
+}
+
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -178,8 +187,10 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
         }
         RunCommand::List { runbook, limit, opts } => {
             let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
-            let resp =
-                client.list(pb::ListRunsRequest { runbook: runbook.unwrap_or_default(), limit }).await?.into_inner();
+            let resp = client
+                .list(req(&opts, pb::ListRunsRequest { runbook: runbook.unwrap_or_default(), limit }))
+                .await?
+                .into_inner();
             let runs = resp.runs.into_iter().map(run_from_pb).collect::<Result<Vec<_>, _>>()?;
             if opts.output == OutputFormat::Json {
                 print_json(&runs)?;
@@ -203,7 +214,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
         }
         RunCommand::Show { id, opts } => {
             let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
-            let run = run_from_pb(client.get(pb::GetRunRequest { id }).await?.into_inner())?;
+            let run = run_from_pb(client.get(req(&opts, pb::GetRunRequest { id })).await?.into_inner())?;
             if opts.output == OutputFormat::Json {
                 print_json(&run)?;
             } else {
@@ -406,7 +417,7 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         RunbookCommand::List { opts } => {
             let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
-            let list = client.list(pb::ListRunbooksRequest {}).await?.into_inner().runbooks;
+            let list = client.list(req(&opts, pb::ListRunbooksRequest {})).await?.into_inner().runbooks;
             if opts.output == OutputFormat::Json {
                 let v: Vec<_> = list.iter().map(runbook_json).collect();
                 print_json(&v)?;
@@ -423,7 +434,7 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
         }
         RunbookCommand::Show { name, opts } => {
             let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
-            let r = client.get(pb::GetRunbookRequest { name }).await?.into_inner();
+            let r = client.get(req(&opts, pb::GetRunbookRequest { name })).await?.into_inner();
             if opts.output == OutputFormat::Json {
                 print_json(&runbook_json(&r))?;
             } else {
@@ -534,7 +545,7 @@ fn runbook_json(r: &pb::Runbook) -> serde_json::Value {
 pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
     let ScheduleCommand::List { opts } = cmd;
     let mut client = pb::schedule_service_client::ScheduleServiceClient::new(channel(&opts).await?);
-    let list = client.list(pb::ListSchedulesRequest {}).await?.into_inner().schedules;
+    let list = client.list(req(&opts, pb::ListSchedulesRequest {})).await?.into_inner().schedules;
     if opts.output == OutputFormat::Json {
         let v: Vec<_> = list
             .iter()
@@ -578,13 +589,25 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
         print_json(&serde_json::json!({
             "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,
             "commit_index": s.commit_index, "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
-            "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
+            "members": s.members.iter().map(|m| serde_json::json!({"id": m.id, "address": m.address, "voter": m.voter, "matched_index": m.matched_index, "lag": m.lag})).collect::<Vec<_>>(),
             "workers": s.workers.iter().map(|w| serde_json::json!({"id": w.id, "capacity": w.capacity, "running": w.running, "labels": w.labels})).collect::<Vec<_>>(),
         }))?;
     } else {
         println!("node {} ({}), leader {}, term {}", s.node_id, s.role, s.leader_id, s.term);
         println!("commit {}, applied {}, snapshot {}", s.commit_index, s.applied_index, s.snapshot_index);
-        println!("voters: {}", s.members.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", "));
+        println!();
+        let leader = s.role == "leader";
+        let members: Vec<Vec<String>> = s
+            .members
+            .iter()
+            .map(|m| {
+                let role = if m.id == s.leader_id { "leader" } else { "follower" };
+                let (matched, lag) =
+                    if leader { (m.matched_index.to_string(), m.lag.to_string()) } else { ("-".into(), "-".into()) };
+                vec![m.id.to_string(), m.address.clone(), role.into(), matched, lag]
+            })
+            .collect();
+        print!("{}", table(&["MEMBER", "ADDRESS", "ROLE", "MATCHED", "LAG"], &members));
         println!();
         let rows: Vec<Vec<String>> = s
             .workers

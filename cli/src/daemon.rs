@@ -55,6 +55,26 @@ pub struct ServerArgs {
     /// Seconds a worker has to reconnect after a leader change before its attempts are lost.
     #[arg(long, default_value_t = 10)]
     pub worker_grace_secs: u64,
+    /// Another member, ID=HOST:PORT of its gRPC listener (repeatable). All members of a new
+    /// cluster must be started with the same set.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub peers: Vec<(u64, String)>,
+    /// Address the other members and workers reach this node at (default: --grpc).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Milliseconds of one Raft tick; the election timeout is 10 ticks.
+    #[arg(long, default_value_t = 100)]
+    pub tick_ms: u64,
+}
+
+/// Parses `ID=ADDR`.
+pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("expected ID=HOST:PORT, got {s:?}"))?;
+    let id: u64 = id.parse().map_err(|_| format!("peer id {id:?} is not a positive number"))?;
+    if id == 0 || addr.is_empty() {
+        return Err(format!("expected ID=HOST:PORT with a positive ID, got {s:?}"));
+    }
+    Ok((id, addr.to_string()))
 }
 
 /// `baton worker` options.
@@ -169,6 +189,16 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.http_addr = args.http;
     config.snapshot_every = args.snapshot_every.max(1);
     config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
+    config.advertise = args.advertise;
+    config.tick = std::time::Duration::from_millis(args.tick_ms.max(10));
+    for (id, addr) in args.peers {
+        if id == args.id {
+            bail!("--peer {id}={addr}: that is this node's own id");
+        }
+        if config.peers.insert(id, addr).is_some() {
+            bail!("--peer {id} is given twice");
+        }
+    }
     let server = start(config).await?;
     println!("baton server {} listening: gRPC {} HTTP http://{}", args.id, server.grpc_addr, server.http_addr);
     wait_for_signal().await?;

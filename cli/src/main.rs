@@ -49,6 +49,10 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     pub output: OutputFormat,
+    /// Answer reads from the node's applied state without confirming with the leader (faster,
+    /// works without a quorum, may be behind).
+    #[arg(long, global = true)]
+    pub stale: bool,
 }
 
 /// How client commands print results.

@@ -142,12 +142,15 @@ pub async fn run_effects(
     run_changes: broadcast::Sender<String>,
 ) {
     while let Some(effect) = rx.recv().await {
-        let leader = node.status().role == Role::Leader;
+        let status = node.status();
+        let leader = status.role == Role::Leader;
         match effect {
             Effect::RunChanged(id) => {
                 let _ = run_changes.send(id);
             }
-            Effect::Dispatch(a) if leader => {
+            // Only assignments this leader made in its own term: one committed under an older
+            // leader may already have reached its worker, and is reconciled instead.
+            Effect::Dispatch(a) if leader && a.fence.term == status.term => {
                 let id = a.attempt_id;
                 let worker = a.worker.clone();
                 let msg = pb::server_message::Msg::Assign(pb::Assignment {

@@ -69,7 +69,7 @@ pub struct ScheduleState {
 }
 
 /// What the proposer of a command learns once it is applied.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
     /// Applied; nothing more to say.
     Done,

@@ -3,6 +3,7 @@
 //! Every task it spawns watches one shutdown token; [`RunningServer::stop`] cancels it and
 //! waits for the listeners to close and the Raft thread to finish its current Ready.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Api, http, now_ms};
 use crate::dispatch::{Workers, run_effects};
 use crate::engine::{Engine, View};
+use crate::raft::transport::{MAX_FRAME_BYTES, PeerTransport};
 use crate::raft::{NodeConfig, NodeHandle, Role, start_node};
 use crate::store::{SledStore, Store};
 
@@ -38,6 +40,14 @@ pub struct ServerConfig {
     pub snapshot_every: u64,
     /// After a leader change, how long workers have to reconnect before their attempts are lost.
     pub worker_grace: Duration,
+    /// The other members: node id -> gRPC address. Empty for a single-node cluster.
+    pub peers: BTreeMap<u64, String>,
+    /// The address other members and workers use to reach this node (default: `grpc_addr`).
+    pub advertise: Option<String>,
+    /// Interval of one Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower starts an election.
+    pub election_ticks: usize,
 }
 
 impl ServerConfig {
@@ -50,6 +60,10 @@ impl ServerConfig {
             http_addr: ([127, 0, 0, 1], 7401).into(),
             snapshot_every: 2_000,
             worker_grace: Duration::from_secs(10),
+            peers: BTreeMap::new(),
+            advertise: None,
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
         }
     }
 }
@@ -76,14 +90,43 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         SledStore::open(&config.data_dir.join("store"))
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
     );
+    anyhow::ensure!(config.id > 0, "the node id must be positive");
+    anyhow::ensure!(!config.peers.contains_key(&config.id), "node {} is listed as its own peer", config.id);
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
-    let node_config = NodeConfig { id: config.id, snapshot_every: config.snapshot_every, ..NodeConfig::default() };
-    let (node, raft_thread) = start_node(node_config, store.clone(), effects_tx).context("starting the Raft node")?;
+    let mut initial_voters: Vec<u64> = config.peers.keys().copied().collect();
+    initial_voters.push(config.id);
+    let node_config = NodeConfig {
+        id: config.id,
+        snapshot_every: config.snapshot_every,
+        tick: config.tick,
+        election_ticks: config.election_ticks,
+        initial_voters,
+    };
+    let (transport, links) = PeerTransport::new(&config.peers);
+    let (node, raft_thread) =
+        start_node(node_config, store.clone(), Box::new(transport), effects_tx).context("starting the Raft node")?;
+    links.start(config.id, &config.peers, node.clone());
+    let mut addresses = config.peers.clone();
+    addresses.insert(config.id, config.advertise.clone().unwrap_or_else(|| config.grpc_addr.to_string()));
+    let mut channels = BTreeMap::new();
+    for (id, addr) in &config.peers {
+        let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(url).with_context(|| format!("peer {id} address {addr:?}"))?;
+        channels.insert(*id, endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy());
+    }
     let workers = Arc::new(Workers::default());
     let (run_changes, _) = broadcast::channel(1024);
     let (output_changes, _) = broadcast::channel(1024);
-    let api =
-        Api { node: node.clone(), store, workers: workers.clone(), run_changes: run_changes.clone(), output_changes };
+    let api = Api {
+        node: node.clone(),
+        store,
+        workers: workers.clone(),
+        run_changes: run_changes.clone(),
+        output_changes,
+        addresses: Arc::new(addresses),
+        channels: Arc::new(channels),
+    };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
@@ -124,6 +167,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         )
         .add_service(
             pb::cluster_service_server::ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            pb::peer_service_server::PeerServiceServer::new(api.clone())
+                .max_decoding_message_size(MAX_FRAME_BYTES + 1024),
         );
     let token = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -140,10 +187,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         }
     }));
 
-    // Wait until this node knows a leader, so callers can use it at once. The status is
-    // published after every Ready; polling it cannot miss an election that already happened.
+    // A single-node cluster elects itself at once: wait for that, so callers can use it
+    // immediately. Members of a larger cluster serve (and answer "no leader yet") until a
+    // quorum is up. The status is published after every Ready; polling cannot miss it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while node.status().leader_id == 0 {
+    while config.peers.is_empty() && node.status().leader_id == 0 {
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("no leader was elected within 30 s");
         }

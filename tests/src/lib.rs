@@ -3,6 +3,9 @@
 //! Tests find the binary next to their own executable (`target/<profile>/baton`) or at
 //! `$BATON_BIN`; build it first with `cargo build -p baton` (the test script does).
 
+pub mod cluster;
+pub mod server;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -105,9 +105,12 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
     let memory: Shared = Arc::default();
     let mut backoff = Duration::from_millis(100);
     let mut next_server = 0;
+    let mut hint: Option<String> = None;
     loop {
-        let server = config.servers[next_server % config.servers.len()].clone();
-        next_server += 1;
+        let server = hint.take().unwrap_or_else(|| {
+            next_server += 1;
+            config.servers[(next_server - 1) % config.servers.len()].clone()
+        });
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = session(&config, &server, &memory) => r,
@@ -118,7 +121,15 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
                 tracing::info!(server, "session ended; reconnecting");
                 backoff = Duration::from_millis(100);
             }
-            Err(e) => tracing::warn!(server, "session failed: {e:#}; retrying in {backoff:?}"),
+            Err(e) => {
+                // A follower names the leader: go there at once.
+                if let Some(addr) = leader_hint(&e) {
+                    tracing::info!(server, leader = addr, "not the leader; following the hint");
+                    hint = Some(if addr.contains("://") { addr } else { format!("http://{addr}") });
+                    continue;
+                }
+                tracing::warn!(server, "session failed: {e:#}; retrying in {backoff:?}");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -130,6 +141,13 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
         token.cancel();
     }
     Ok(())
+}
+
+/// The leader address a follower put in its refusal, if any.
+fn leader_hint(e: &anyhow::Error) -> Option<String> {
+    let status = e.chain().find_map(|c| c.downcast_ref::<tonic::Status>())?;
+    let addr = status.metadata().get("baton-leader-addr")?.to_str().ok()?;
+    (!addr.is_empty()).then(|| addr.to_string())
 }
 
 /// One session: returns when the stream ends or fails.

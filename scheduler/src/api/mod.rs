@@ -6,24 +6,27 @@
 
 mod error;
 pub mod http;
+mod peer;
 mod runs;
 mod worker;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_core::command::{Command, Op};
 use baton_core::runbook::{Action, ParamKind};
 use baton_core::{Document, parse_document};
 use baton_proto::v1 as pb;
 use tokio::sync::broadcast;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 
 use crate::dispatch::Workers;
 use crate::fsm::Reply;
-use crate::raft::NodeHandle;
+use crate::raft::{NodeHandle, ProposeError, Role};
 use crate::store::Store;
 
 /// Largest runbook or schedule document accepted.
@@ -39,7 +42,14 @@ pub struct Api {
     pub(crate) run_changes: broadcast::Sender<String>,
     /// Run ids, sent after new output of that run was stored.
     pub(crate) output_changes: broadcast::Sender<String>,
+    /// gRPC address of every member, this node included.
+    pub(crate) addresses: Arc<BTreeMap<u64, String>>,
+    /// Lazily connected channels to the other members.
+    pub(crate) channels: Arc<BTreeMap<u64, Channel>>,
 }
+
+/// How long a request waits for the cluster (a leader, a commit, a read barrier).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Wall-clock time in unix ms: read here, at the edge, and stamped into commands.
 pub fn now_ms() -> i64 {
@@ -47,13 +57,68 @@ pub fn now_ms() -> i64 {
 }
 
 impl Api {
-    /// Proposes `op` stamped with the current time and waits until it is applied.
+    /// Proposes `op` and waits until it is applied here. On a follower the command goes to
+    /// the leader (which stamps its time), and the answer waits until this node has applied
+    /// it too, so the caller reads its own write from the node it asked.
     pub async fn propose(&self, op: Op) -> Result<Reply, ApiError> {
-        let reply = self.node.propose(&Command { at_ms: now_ms(), op }).await?;
+        let cmd = Command { at_ms: now_ms(), op };
+        let reply = match tokio::time::timeout(REQUEST_TIMEOUT, self.propose_anywhere(&cmd)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ApiError::Unavailable("the cluster did not commit the request in time".into())),
+        };
         match reply {
             Reply::Rejected(why) => Err(ApiError::Rejected(why)),
             other => Ok(other),
         }
+    }
+
+    async fn propose_anywhere(&self, cmd: &Command) -> Result<Reply, ApiError> {
+        let status = self.node.status();
+        if status.role == Role::Leader {
+            match self.node.propose(cmd).await {
+                Ok((reply, _)) => return Ok(reply),
+                Err(ProposeError::NotLeader { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let leader = self.node.status().leader_id;
+        let Some(channel) = self.channels.get(&leader) else {
+            return Err(ApiError::Unavailable("no leader is known yet; retry shortly".into()));
+        };
+        let mut client = pb::peer_service_client::PeerServiceClient::new(channel.clone());
+        let resp = client
+            .propose(pb::ProposeRequest { command: cmd.encode(), from: status.id })
+            .await
+            .map_err(|s| ApiError::Unavailable(format!("forwarding to leader {leader}: {}", s.message())))?
+            .into_inner();
+        let reply: Reply = serde_json::from_slice(&resp.reply)
+            .map_err(|e| ApiError::Unavailable(format!("leader {leader} sent an unreadable reply: {e}")))?;
+        self.node.wait_applied(resp.index, REQUEST_TIMEOUT).await;
+        Ok(reply)
+    }
+
+    /// Makes the next read linearizable (ReadIndex through the leader), unless the request
+    /// asks for a stale read with metadata `baton-read: stale`.
+    pub async fn read_barrier<T>(&self, req: &Request<T>) -> Result<(), ApiError> {
+        if req.metadata().get("baton-read").is_some_and(|v| v == "stale") {
+            return Ok(());
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.node.read_barrier()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot confirm a linearizable read: {e}"))),
+            Err(_) => {
+                Err(ApiError::Unavailable("no quorum confirmed the read in time; retry, or read with --stale".into()))
+            }
+        }
+    }
+
+    /// The leader's address, when this node is not the leader and knows it.
+    pub fn leader_address(&self) -> Option<(u64, String)> {
+        let st = self.node.status();
+        if st.role == Role::Leader || st.leader_id == 0 {
+            return None;
+        }
+        self.addresses.get(&st.leader_id).map(|a| (st.leader_id, a.clone()))
     }
 
     /// Validates and applies one YAML document (runbook or schedule).
@@ -128,6 +193,7 @@ impl pb::runbook_service_server::RunbookService for Api {
     }
 
     async fn get(&self, req: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
+        self.read_barrier(&req).await?;
         let name = req.into_inner().name;
         self.node
             .read(|s| s.runbooks.get(&name).map(runbook_to_pb))
@@ -135,7 +201,8 @@ impl pb::runbook_service_server::RunbookService for Api {
             .ok_or_else(|| ApiError::NotFound(format!("runbook {name:?} does not exist")).into())
     }
 
-    async fn list(&self, _req: Request<pb::ListRunbooksRequest>) -> Result<Response<pb::ListRunbooksResponse>, Status> {
+    async fn list(&self, req: Request<pb::ListRunbooksRequest>) -> Result<Response<pb::ListRunbooksResponse>, Status> {
+        self.read_barrier(&req).await?;
         let runbooks = self.node.read(|s| s.runbooks.values().map(runbook_to_pb).collect());
         Ok(Response::new(pb::ListRunbooksResponse { runbooks }))
     }
@@ -180,7 +247,20 @@ impl pb::cluster_service_server::ClusterService for Api {
             commit_index: st.commit,
             applied_index: st.applied,
             snapshot_index: st.snapshot_index,
-            members: st.voters.iter().map(|id| pb::Member { id: *id, address: String::new(), voter: true }).collect(),
+            members: st
+                .voters
+                .iter()
+                .map(|id| {
+                    let matched = st.matched.iter().find(|(m, _)| m == id).map(|(_, i)| *i).unwrap_or(0);
+                    pb::Member {
+                        id: *id,
+                        address: self.addresses.get(id).cloned().unwrap_or_default(),
+                        voter: true,
+                        matched_index: matched,
+                        lag: if st.role == Role::Leader { st.last_index.saturating_sub(matched) } else { 0 },
+                    }
+                })
+                .collect(),
             workers,
             role: st.role.as_str().into(),
         }))

@@ -86,10 +86,12 @@ impl pb::run_service_server::RunService for Api {
     }
 
     async fn get(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.read_barrier(&req).await?;
         Ok(Response::new(self.get_run(&req.into_inner().id)?))
     }
 
     async fn list(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.read_barrier(&req).await?;
         let req = req.into_inner();
         let limit = if req.limit == 0 { 100 } else { req.limit.min(10_000) } as usize;
         let runs = self.node.read(|s| s.runs_newest_first(&req.runbook).take(limit).map(run_to_pb).collect());
@@ -99,6 +101,7 @@ impl pb::run_service_server::RunService for Api {
     type WatchStream = BoxStream<pb::Run>;
 
     async fn watch(&self, req: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        self.read_barrier(&req).await?;
         let id = req.into_inner().id;
         // Subscribe before reading, so no change between the read and the subscription is lost.
         let mut changes = self.run_changes.subscribe();
@@ -135,6 +138,15 @@ impl pb::run_service_server::RunService for Api {
     type LogsStream = BoxStream<pb::LogChunk>;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        // Output is stored by the node the worker streams it to: the leader. A follower
+        // relays the leader's stream.
+        if let Some((leader, _)) = self.leader_address()
+            && let Some(channel) = self.channels.get(&leader)
+        {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel.clone());
+            let stream = client.logs(req.into_inner()).await?.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let req = req.into_inner();
         let mut outputs = self.output_changes.subscribe();
         let mut changes = self.run_changes.subscribe();

@@ -85,7 +85,14 @@ impl Api {
         }
         let status = self.node.status();
         if status.role != Role::Leader {
-            let _ = tx.send(Err(ApiError::NotLeader { leader_hint: status.leader_id }.into())).await;
+            // Workers keep their session with the leader; the hint tells them where it is.
+            let mut err: Status = ApiError::NotLeader { leader_hint: status.leader_id }.into();
+            if let Some(addr) = self.addresses.get(&status.leader_id)
+                && let Ok(v) = addr.parse()
+            {
+                err.metadata_mut().insert("baton-leader-addr", v);
+            }
+            let _ = tx.send(Err(err)).await;
             return;
         }
         let worker = register.worker_id.clone();

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use baton_core::command::Command;
-use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::fsm::{Effect, Reply, State};
@@ -22,11 +22,39 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Take a state-machine snapshot (and compact the log) after this many applied entries.
     pub snapshot_every: u64,
+    /// Ticks without a leader's heartbeat before a follower starts an election.
+    pub election_ticks: usize,
+    /// Every voter of a new cluster, this node included. Used only on first start.
+    pub initial_voters: Vec<u64>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { id: 1, tick: Duration::from_millis(100), snapshot_every: 2_000 }
+        NodeConfig {
+            id: 1,
+            tick: Duration::from_millis(100),
+            snapshot_every: 2_000,
+            election_ticks: 10,
+            initial_voters: vec![1],
+        }
+    }
+}
+
+/// Hands Raft messages to peers. Sending never blocks the loop; a message that cannot be
+/// sent is dropped (Raft retransmits) and the peer is reported unreachable.
+pub trait Transport: Send + 'static {
+    /// Queues messages for their recipients.
+    fn send(&mut self, msgs: Vec<Message>);
+}
+
+/// The transport of a cluster without peers.
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            tracing::debug!(to = m.to, "dropping a raft message: no peers configured");
+        }
     }
 }
 
@@ -73,6 +101,10 @@ pub struct NodeStatus {
     pub voters: Vec<u64>,
     /// Increases every time this node becomes leader.
     pub leader_epoch: u64,
+    /// On the leader: (member id, highest index known replicated there).
+    pub matched: Vec<(u64, u64)>,
+    /// Last index of this node's log.
+    pub last_index: u64,
 }
 
 /// Why a proposal did not produce a reply.
@@ -89,8 +121,16 @@ pub enum ProposeError {
     Dropped(String),
 }
 
+/// An applied proposal's reply and the index it was applied at.
+pub type Applied = (Reply, u64);
+type ReplyTx = oneshot::Sender<Result<Applied, ProposeError>>;
+
 enum Msg {
-    Propose { data: Vec<u8>, reply: oneshot::Sender<Result<Reply, ProposeError>> },
+    Propose { data: Vec<u8>, reply: ReplyTx },
+    Raft(Box<Message>),
+    Unreachable(u64),
+    SnapshotSent { to: u64, ok: bool },
+    ReadIndex { reply: oneshot::Sender<Result<u64, ProposeError>> },
     Stop,
 }
 
@@ -104,13 +144,51 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Proposes a command and waits until it is applied on this node.
-    pub async fn propose(&self, cmd: &Command) -> Result<Reply, ProposeError> {
+    /// Proposes a command (this node must lead) and waits until it is applied here.
+    pub async fn propose(&self, cmd: &Command) -> Result<Applied, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Propose { data: cmd.encode(), reply })
             .map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
         rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?
+    }
+
+    /// Steps a message from a peer into Raft.
+    pub fn step(&self, m: Message) {
+        let _ = self.tx.send(Msg::Raft(Box::new(m)));
+    }
+
+    /// Tells Raft a peer could not be reached.
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(Msg::Unreachable(id));
+    }
+
+    /// Tells Raft whether a snapshot reached a peer.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.tx.send(Msg::SnapshotSent { to, ok });
+    }
+
+    /// A linearizable read barrier (Raft ReadIndex): resolves once this node has applied
+    /// everything committed when the read was issued, confirmed by a quorum.
+    pub async fn read_barrier(&self) -> Result<u64, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::ReadIndex { reply }).map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Dropped("the node stopped".into()))?
+    }
+
+    /// Waits until this node has applied `index` (after a write forwarded to the leader, so
+    /// the caller reads its own write here), or `timeout` passes.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.status().applied >= index {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, rx.recv()).await.is_err() {
+                return self.status().applied >= index;
+            }
+        }
     }
 
     /// Runs `f` over the applied state. Never call it across an `.await`.
@@ -138,13 +216,19 @@ impl NodeHandle {
 pub fn start_node(
     config: NodeConfig,
     store: Arc<dyn Store>,
+    transport: Box<dyn Transport>,
     effects: tokio::sync::mpsc::UnboundedSender<Effect>,
 ) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
     let logger = super::slog_tracing::logger();
     let mut initial = store.initial_state()?;
     if initial.conf_state.voters.is_empty() {
-        // First start: this node is the single voter of a new cluster.
-        let cs = ConfState { voters: vec![config.id], ..Default::default() };
+        // First start: the configured voters form a new cluster.
+        let mut voters = config.initial_voters.clone();
+        if !voters.contains(&config.id) {
+            voters.push(config.id);
+        }
+        voters.sort_unstable();
+        let cs = ConfState { voters, ..Default::default() };
         store.set_conf_state(&cs)?;
         initial = store.initial_state()?;
     }
@@ -159,8 +243,8 @@ pub fn start_node(
     let snap_index = snapshot.get_metadata().index;
     let raft_config = raft::Config {
         id: config.id,
-        election_tick: 10,
-        heartbeat_tick: 3,
+        election_tick: config.election_ticks,
+        heartbeat_tick: (config.election_ticks / 4).max(1),
         applied: snap_index,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
@@ -185,6 +269,8 @@ pub fn start_node(
         snapshot_index: snap_index,
         voters: initial.conf_state.voters.clone(),
         leader_epoch: 0,
+        matched: Vec::new(),
+        last_index: 0,
     };
     let (tx, rx) = mpsc::channel();
     let (applied_tx, _) = broadcast::channel(64);
@@ -209,6 +295,10 @@ pub fn start_node(
         last_snapshot: snap_index,
         role: StateRole::Follower,
         replay_until: initial.hard_state.commit,
+        transport,
+        reads: HashMap::new(),
+        ready_reads: Vec::new(),
+        next_read: 1,
     };
     let thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
         // A node that cannot persist or apply must not go on serving stale state: stop the
@@ -237,7 +327,7 @@ struct Loop {
     applied_tx: broadcast::Sender<u64>,
     effects: tokio::sync::mpsc::UnboundedSender<Effect>,
     /// Proposals of this node waiting to be applied, by the id in their entry context.
-    pending: HashMap<u64, oneshot::Sender<Result<Reply, ProposeError>>>,
+    pending: HashMap<u64, ReplyTx>,
     next_proposal: u64,
     /// Random per process: an entry proposed before a restart never answers a new caller.
     boot: u64,
@@ -248,6 +338,12 @@ struct Loop {
     /// or may not have reached a worker, so they are never sent again: the engine reconciles
     /// them with what workers report, and an unknown outcome becomes `lost`.
     replay_until: u64,
+    transport: Box<dyn Transport>,
+    /// ReadIndex requests by context id, waiting for Raft to confirm a read index.
+    reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
+    /// Confirmed reads waiting for the applied index to reach their read index.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
+    next_read: u64,
 }
 
 impl Loop {
@@ -265,6 +361,22 @@ impl Loop {
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
                     Msg::Propose { data, reply } => self.propose(data, reply),
+                    Msg::Raft(m) => {
+                        if let Err(e) = self.raw.step(*m) {
+                            tracing::debug!("ignoring a raft message: {e}");
+                        }
+                    }
+                    Msg::Unreachable(id) => self.raw.report_unreachable(id),
+                    Msg::SnapshotSent { to, ok } => {
+                        let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                        self.raw.report_snapshot(to, status);
+                    }
+                    Msg::ReadIndex { reply } => {
+                        let id = self.next_read;
+                        self.next_read += 1;
+                        self.reads.insert(id, reply);
+                        self.raw.read_index(id.to_be_bytes().to_vec());
+                    }
                     Msg::Stop => return Ok(()),
                 }
             }
@@ -280,7 +392,7 @@ impl Loop {
         }
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: oneshot::Sender<Result<Reply, ProposeError>>) {
+    fn propose(&mut self, data: Vec<u8>, reply: ReplyTx) {
         if self.raw.raft.state != StateRole::Leader {
             let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: self.raw.raft.leader_id }));
             return;
@@ -315,6 +427,14 @@ impl Loop {
             self.install_snapshot(&snap)?;
         }
 
+        // Reads confirmed by a quorum wait for apply to reach their index.
+        for rs in ready.take_read_states() {
+            let id = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if let Some(tx) = self.reads.remove(&id) {
+                self.ready_reads.push((rs.index, tx));
+            }
+        }
+
         // c. Persist new entries and hard state, fsync'd, before anything depending on them.
         //    Done before applying, so the durable commit index always covers what was applied:
         //    after a crash, assignments applied before it are known as such and never re-sent.
@@ -340,15 +460,22 @@ impl Loop {
         self.apply(committed)?;
         self.raw.advance_apply();
 
+        let applied = self.raw.raft.raft_log.applied;
+        for (index, tx) in std::mem::take(&mut self.ready_reads) {
+            if index <= applied {
+                let _ = tx.send(Ok(index));
+            } else {
+                self.ready_reads.push((index, tx));
+            }
+        }
         self.publish_status();
         self.maybe_snapshot()?;
         Ok(())
     }
 
-    fn send(&mut self, msgs: Vec<raft::eraftpb::Message>) {
-        // The peer transport arrives with multi-node clusters; a single voter sends nothing.
-        for m in msgs {
-            tracing::debug!(to = m.to, "dropping raft message: no peer transport");
+    fn send(&mut self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
         }
     }
 
@@ -393,7 +520,7 @@ impl Loop {
                                 }
                             }
                         };
-                        replies.push((entry.context, reply));
+                        replies.push((entry.context, reply, entry.index));
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                         anyhow::bail!("membership changes are not supported by this node yet (entry {})", entry.index);
@@ -401,16 +528,16 @@ impl Loop {
                 }
             }
         }
-        for (ctx, reply) in replies {
+        for (ctx, reply, index) in replies {
             if let Some(tx) = self.own_proposal(&ctx) {
-                let _ = tx.send(Ok(reply));
+                let _ = tx.send(Ok((reply, index)));
             }
         }
         let _ = self.applied_tx.send(last);
         Ok(())
     }
 
-    fn own_proposal(&mut self, ctx: &[u8]) -> Option<oneshot::Sender<Result<Reply, ProposeError>>> {
+    fn own_proposal(&mut self, ctx: &[u8]) -> Option<ReplyTx> {
         if ctx.len() != 24 || ctx[..8] != self.config.id.to_be_bytes() || ctx[8..16] != self.boot.to_be_bytes() {
             return None;
         }
@@ -435,6 +562,18 @@ impl Loop {
                 let _ = tx.send(Err(ProposeError::NotLeader { leader_hint: raft.leader_id }));
             }
         }
+        if raft.state != self.role {
+            // Reads issued under the old role may never be confirmed: callers retry.
+            for (_, tx) in self.reads.drain() {
+                let _ = tx.send(Err(ProposeError::NotLeader { leader_hint: raft.leader_id }));
+            }
+        }
+        s.matched = if raft.state == StateRole::Leader {
+            raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect()
+        } else {
+            Vec::new()
+        };
+        s.last_index = raft.raft_log.last_index();
         self.role = raft.state;
         s.role = role;
         s.leader_id = raft.leader_id;

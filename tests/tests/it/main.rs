@@ -1,5 +1,7 @@
 //! End-to-end tests over real `baton dev` processes, driven through the CLI and gRPC.
 
+mod cluster;
+mod crash;
 mod deploy;
 mod e2e;
 mod restart;
