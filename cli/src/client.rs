@@ -122,8 +122,60 @@ pub enum ScheduleCommand {
 /// `baton cluster ...`
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Show the node's Raft status and connected workers.
+    /// Show the node's Raft status, the members and connected workers.
     Status {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Add a node (started with `baton server --join`) as a voter.
+    Join {
+        /// The new node's id.
+        id: u64,
+        /// The new node's gRPC address, HOST:PORT.
+        address: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Remove a member.
+    Remove {
+        /// The member's id.
+        id: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// The voter to lead.
+        id: u64,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Back up the replicated state.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Start a member of a new cluster from a backup (offline: writes the data directory).
+    Restore {
+        /// The backup file (`cluster snapshot save`).
+        file: PathBuf,
+        /// The new node's data directory (must be empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// The other members of the new cluster, ID=HOST:PORT (repeatable; same as for `server`).
+        #[arg(long = "peer", value_parser = crate::daemon::parse_peer)]
+        peers: Vec<(u64, String)>,
+    },
+}
+
+/// `baton cluster snapshot ...`
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Write the replicated state, as of now, to FILE.
+    Save {
+        /// Where to write the backup.
+        file: PathBuf,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -582,9 +634,52 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
 
 /// `baton cluster ...`
 pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
-    let ClusterCommand::Status { opts } = cmd;
-    let mut client = pb::cluster_service_client::ClusterServiceClient::new(channel(&opts).await?);
-    let s = client.status(pb::ClusterStatusRequest {}).await?.into_inner();
+    type Client = pb::cluster_service_client::ClusterServiceClient<Channel>;
+    let (opts, s) = match cmd {
+        ClusterCommand::Status { opts } => {
+            let s = Client::new(channel(&opts).await?).status(pb::ClusterStatusRequest {}).await?.into_inner();
+            (opts, s)
+        }
+        ClusterCommand::Join { id, address, opts } => {
+            let s = Client::new(channel(&opts).await?).join(pb::JoinRequest { id, address }).await?.into_inner();
+            (opts, s)
+        }
+        ClusterCommand::Remove { id, opts } => {
+            let s = Client::new(channel(&opts).await?).remove(pb::RemoveRequest { id }).await?.into_inner();
+            (opts, s)
+        }
+        ClusterCommand::TransferLeader { id, opts } => {
+            let mut client = Client::new(channel(&opts).await?);
+            let s = client.transfer_leader(pb::TransferLeaderRequest { id }).await?.into_inner();
+            (opts, s)
+        }
+        ClusterCommand::Snapshot(SnapshotCommand::Save { file, opts }) => {
+            let mut client = Client::new(channel(&opts).await?);
+            let snap = client.snapshot_save(req(&opts, pb::SnapshotSaveRequest {})).await?.into_inner();
+            let tmp = file.with_extension("partial");
+            std::fs::write(&tmp, &snap.data).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &file).with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "saved the state at index {} to {} ({} bytes)",
+                snap.applied_index,
+                file.display(),
+                snap.data.len()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        ClusterCommand::Restore { file, data_dir, id, peers } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut voters: Vec<u64> = peers.iter().map(|(p, _)| *p).collect();
+            voters.push(id);
+            let index = baton_scheduler::backup::restore(&bytes, &data_dir, &voters)?;
+            println!(
+                "restored {} into {} at index {index}; start this node with the same --id and --peer flags",
+                file.display(),
+                data_dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     if opts.output == OutputFormat::Json {
         print_json(&serde_json::json!({
             "node_id": s.node_id, "role": s.role, "leader_id": s.leader_id, "term": s.term,

@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// Milliseconds of one Raft tick; the election timeout is 10 ticks.
     #[arg(long, default_value_t = 100)]
     pub tick_ms: u64,
+    /// Join an existing cluster instead of founding one: start without a configuration and
+    /// wait to be added with `baton cluster join ID ADDR` (give the members as --peer).
+    #[arg(long)]
+    pub join: bool,
 }
 
 /// Parses `ID=ADDR`.
@@ -190,6 +194,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.snapshot_every = args.snapshot_every.max(1);
     config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
     config.advertise = args.advertise;
+    config.join = args.join;
     config.tick = std::time::Duration::from_millis(args.tick_ms.max(10));
     for (id, addr) in args.peers {
         if id == args.id {

@@ -33,6 +33,10 @@ pub struct State {
     pub active_attempts: BTreeMap<u64, (String, usize)>,
     /// Index of the last applied entry.
     pub applied_index: u64,
+    /// Members added through membership changes: node id -> gRPC address. (The founding
+    /// members' addresses come from each node's configuration.)
+    #[serde(default)]
+    pub members: BTreeMap<u64, String>,
 }
 
 /// A runbook and every version ever applied (runs are pinned to one).

@@ -10,6 +10,7 @@
 //! - `server`: puts a node together.
 
 pub mod api;
+pub mod backup;
 pub mod dispatch;
 pub mod engine;
 pub mod fsm;

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub tick: Duration,
     /// Ticks without a leader before a follower starts an election.
     pub election_ticks: usize,
+    /// Start without a configuration, to be added to an existing cluster (`cluster join`).
+    pub join: bool,
 }
 
 impl ServerConfig {
@@ -64,6 +66,7 @@ impl ServerConfig {
             advertise: None,
             tick: Duration::from_millis(100),
             election_ticks: 10,
+            join: false,
         }
     }
 }
@@ -101,19 +104,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         tick: config.tick,
         election_ticks: config.election_ticks,
         initial_voters,
+        join: config.join,
     };
     let (transport, links) = PeerTransport::new(&config.peers);
     let (node, raft_thread) =
         start_node(node_config, store.clone(), Box::new(transport), effects_tx).context("starting the Raft node")?;
-    links.start(config.id, &config.peers, node.clone());
+    links.start(config.id, node.clone());
     let mut addresses = config.peers.clone();
     addresses.insert(config.id, config.advertise.clone().unwrap_or_else(|| config.grpc_addr.to_string()));
-    let mut channels = BTreeMap::new();
     for (id, addr) in &config.peers {
         let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-        let endpoint =
-            tonic::transport::Endpoint::from_shared(url).with_context(|| format!("peer {id} address {addr:?}"))?;
-        channels.insert(*id, endpoint.connect_timeout(Duration::from_secs(2)).connect_lazy());
+        tonic::transport::Endpoint::from_shared(url).with_context(|| format!("peer {id} address {addr:?}"))?;
     }
     let workers = Arc::new(Workers::default());
     let (run_changes, _) = broadcast::channel(1024);
@@ -125,7 +126,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         run_changes: run_changes.clone(),
         output_changes,
         addresses: Arc::new(addresses),
-        channels: Arc::new(channels),
+        channels: Arc::default(),
     };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();

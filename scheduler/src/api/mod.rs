@@ -44,8 +44,8 @@ pub struct Api {
     pub(crate) output_changes: broadcast::Sender<String>,
     /// gRPC address of every member, this node included.
     pub(crate) addresses: Arc<BTreeMap<u64, String>>,
-    /// Lazily connected channels to the other members.
-    pub(crate) channels: Arc<BTreeMap<u64, Channel>>,
+    /// Lazily connected channels to the other members, made on first use.
+    pub(crate) channels: Arc<std::sync::Mutex<BTreeMap<u64, Channel>>>,
 }
 
 /// How long a request waits for the cluster (a leader, a commit, a read barrier).
@@ -82,10 +82,10 @@ impl Api {
             }
         }
         let leader = self.node.status().leader_id;
-        let Some(channel) = self.channels.get(&leader) else {
+        let Some(channel) = self.channel(leader) else {
             return Err(ApiError::Unavailable("no leader is known yet; retry shortly".into()));
         };
-        let mut client = pb::peer_service_client::PeerServiceClient::new(channel.clone());
+        let mut client = pb::peer_service_client::PeerServiceClient::new(channel);
         let resp = client
             .propose(pb::ProposeRequest { command: cmd.encode(), from: status.id })
             .await
@@ -118,7 +118,29 @@ impl Api {
         if st.role == Role::Leader || st.leader_id == 0 {
             return None;
         }
-        self.addresses.get(&st.leader_id).map(|a| (st.leader_id, a.clone()))
+        self.address_of(st.leader_id).map(|a| (st.leader_id, a))
+    }
+
+    /// A member's gRPC address: from this node's configuration, or replicated when it joined.
+    pub fn address_of(&self, id: u64) -> Option<String> {
+        self.addresses.get(&id).cloned().or_else(|| self.node.read(|s| s.members.get(&id).cloned()))
+    }
+
+    /// A (lazily connected) channel to another member.
+    pub fn channel(&self, id: u64) -> Option<Channel> {
+        if id == self.node.status().id {
+            return None;
+        }
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(&id) {
+            return Some(c.clone());
+        }
+        let addr = self.address_of(id)?;
+        let url = if addr.contains("://") { addr } else { format!("http://{addr}") };
+        let channel =
+            tonic::transport::Endpoint::from_shared(url).ok()?.connect_timeout(Duration::from_secs(2)).connect_lazy();
+        channels.insert(id, channel.clone());
+        Some(channel)
     }
 
     /// Validates and applies one YAML document (runbook or schedule).
@@ -238,9 +260,119 @@ impl pb::schedule_service_server::ScheduleService for Api {
 #[tonic::async_trait]
 impl pb::cluster_service_server::ClusterService for Api {
     async fn status(&self, _req: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        Ok(Response::new(self.cluster_status()))
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Some(mut client) = self.leader_cluster_client() {
+            return client.join(req.into_inner()).await;
+        }
+        let req = req.into_inner();
+        Ok(Response::new(self.change_membership(req.id, Some(req.address)).await?))
+    }
+
+    async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Some(mut client) = self.leader_cluster_client() {
+            return client.remove(req.into_inner()).await;
+        }
+        Ok(Response::new(self.change_membership(req.into_inner().id, None).await?))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        if let Some(mut client) = self.leader_cluster_client() {
+            return client.transfer_leader(req.into_inner()).await;
+        }
+        let id = req.into_inner().id;
+        let st = self.node.status();
+        if st.role != Role::Leader {
+            return Err(ApiError::Unavailable("no leader is known yet; retry shortly".into()).into());
+        }
+        if !st.voters.contains(&id) {
+            return Err(ApiError::invalid("id", format!("node {id} is not a voter (voters: {:?})", st.voters)).into());
+        }
+        if id != st.id {
+            self.node.transfer_leader(id);
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+            while self.node.status().leader_id != id {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ApiError::Unavailable(format!("node {id} did not take over in time")).into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Response::new(self.cluster_status()))
+    }
+
+    async fn snapshot_save(&self, req: Request<pb::SnapshotSaveRequest>) -> Result<Response<pb::SnapshotFile>, Status> {
+        self.read_barrier(&req).await?;
+        let (data, applied_index) = self.node.read(|s| (crate::backup::encode(s), s.applied_index));
+        Ok(Response::new(pb::SnapshotFile { data, applied_index }))
+    }
+}
+
+impl Api {
+    /// A client of the leader's `ClusterService`, when this node is a follower.
+    fn leader_cluster_client(&self) -> Option<pb::cluster_service_client::ClusterServiceClient<Channel>> {
+        let (leader, _) = self.leader_address()?;
+        self.channel(leader).map(pb::cluster_service_client::ClusterServiceClient::new)
+    }
+
+    /// Adds (`address` given) or removes member `id` through a committed configuration change.
+    async fn change_membership(&self, id: u64, address: Option<String>) -> Result<pb::ClusterStatus, ApiError> {
+        use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+        let st = self.node.status();
+        if st.role != Role::Leader {
+            return Err(ApiError::Unavailable("no leader is known yet; retry shortly".into()));
+        }
+        if id == 0 {
+            return Err(ApiError::invalid("id", "node ids are positive"));
+        }
+        let (change_type, context) = match address {
+            Some(addr) => {
+                if st.voters.contains(&id) {
+                    return Err(ApiError::invalid("id", format!("node {id} is already a member")));
+                }
+                let url = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+                if addr.is_empty() || tonic::transport::Endpoint::from_shared(url).is_err() {
+                    return Err(ApiError::invalid("address", format!("{addr:?} is not a HOST:PORT address")));
+                }
+                (ConfChangeType::AddNode, addr.into_bytes())
+            }
+            None => {
+                if !st.voters.contains(&id) {
+                    return Err(ApiError::invalid(
+                        "id",
+                        format!("node {id} is not a member (voters: {:?})", st.voters),
+                    ));
+                }
+                if st.voters.len() == 1 {
+                    return Err(ApiError::invalid("id", "cannot remove the last voter"));
+                }
+                (ConfChangeType::RemoveNode, Vec::new())
+            }
+        };
+        let cc = ConfChangeV2 {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle { change_type, node_id: id, ..Default::default() }].into(),
+            context: context.into(),
+            ..Default::default()
+        };
+        let (reply, _) = tokio::time::timeout(REQUEST_TIMEOUT, self.node.propose_conf_change(cc))
+            .await
+            .map_err(|_| ApiError::Unavailable("the membership change was not committed in time".into()))??;
+        if let Reply::Rejected(why) = reply {
+            return Err(ApiError::Rejected(why));
+        }
+        Ok(self.cluster_status())
+    }
+
+    fn cluster_status(&self) -> pb::ClusterStatus {
         let st = self.node.status();
         let workers = self.node.read(|s| self.workers.infos(&s.load_by_worker()));
-        Ok(Response::new(pb::ClusterStatus {
+        pb::ClusterStatus {
             node_id: st.id,
             leader_id: st.leader_id,
             term: st.term,
@@ -254,7 +386,7 @@ impl pb::cluster_service_server::ClusterService for Api {
                     let matched = st.matched.iter().find(|(m, _)| m == id).map(|(_, i)| *i).unwrap_or(0);
                     pb::Member {
                         id: *id,
-                        address: self.addresses.get(id).cloned().unwrap_or_default(),
+                        address: self.address_of(*id).unwrap_or_default(),
                         voter: true,
                         matched_index: matched,
                         lag: if st.role == Role::Leader { st.last_index.saturating_sub(matched) } else { 0 },
@@ -263,7 +395,7 @@ impl pb::cluster_service_server::ClusterService for Api {
                 .collect(),
             workers,
             role: st.role.as_str().into(),
-        }))
+        }
     }
 }
 

@@ -17,7 +17,7 @@ impl pb::peer_service_server::PeerService for Api {
         while let Some(frame) = frames.next().await {
             let frame = frame?;
             let from = frame.from;
-            if !self.addresses.contains_key(&from) {
+            if self.address_of(from).is_none() && !self.node.status().voters.contains(&from) {
                 tracing::warn!(from, "refusing raft messages from a node that is not a member");
                 return Err(Status::permission_denied(format!("node {from} is not a member of this cluster")));
             }

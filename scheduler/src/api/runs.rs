@@ -141,9 +141,9 @@ impl pb::run_service_server::RunService for Api {
         // Output is stored by the node the worker streams it to: the leader. A follower
         // relays the leader's stream.
         if let Some((leader, _)) = self.leader_address()
-            && let Some(channel) = self.channels.get(&leader)
+            && let Some(channel) = self.channel(leader)
         {
-            let mut client = pb::run_service_client::RunServiceClient::new(channel.clone());
+            let mut client = pb::run_service_client::RunServiceClient::new(channel);
             let stream = client.logs(req.into_inner()).await?.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }

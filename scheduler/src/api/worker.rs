@@ -87,7 +87,7 @@ impl Api {
         if status.role != Role::Leader {
             // Workers keep their session with the leader; the hint tells them where it is.
             let mut err: Status = ApiError::NotLeader { leader_hint: status.leader_id }.into();
-            if let Some(addr) = self.addresses.get(&status.leader_id)
+            if let Some(addr) = self.address_of(status.leader_id)
                 && let Ok(v) = addr.parse()
             {
                 err.metadata_mut().insert("baton-leader-addr", v);

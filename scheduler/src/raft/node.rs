@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use baton_core::command::Command;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{broadcast, oneshot};
 
@@ -26,6 +27,8 @@ pub struct NodeConfig {
     pub election_ticks: usize,
     /// Every voter of a new cluster, this node included. Used only on first start.
     pub initial_voters: Vec<u64>,
+    /// Start without a configuration and wait to be added to an existing cluster.
+    pub join: bool,
 }
 
 impl Default for NodeConfig {
@@ -36,6 +39,7 @@ impl Default for NodeConfig {
             snapshot_every: 2_000,
             election_ticks: 10,
             initial_voters: vec![1],
+            join: false,
         }
     }
 }
@@ -45,6 +49,8 @@ impl Default for NodeConfig {
 pub trait Transport: Send + 'static {
     /// Queues messages for their recipients.
     fn send(&mut self, msgs: Vec<Message>);
+    /// A member was added (with its address) or removed (`None`).
+    fn set_peer(&mut self, _id: u64, _address: Option<String>) {}
 }
 
 /// The transport of a cluster without peers.
@@ -131,6 +137,8 @@ enum Msg {
     Unreachable(u64),
     SnapshotSent { to: u64, ok: bool },
     ReadIndex { reply: oneshot::Sender<Result<u64, ProposeError>> },
+    ConfChange { cc: ConfChangeV2, reply: ReplyTx },
+    TransferLeader(u64),
     Stop,
 }
 
@@ -151,6 +159,18 @@ impl NodeHandle {
             .send(Msg::Propose { data: cmd.encode(), reply })
             .map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
         rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?
+    }
+
+    /// Proposes a membership change (this node must lead) and waits until it is applied.
+    pub async fn propose_conf_change(&self, cc: ConfChangeV2) -> Result<Applied, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::ConfChange { cc, reply }).map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
+        rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?
+    }
+
+    /// Asks Raft to hand leadership to `id` (this node must lead).
+    pub fn transfer_leader(&self, id: u64) {
+        let _ = self.tx.send(Msg::TransferLeader(id));
     }
 
     /// Steps a message from a peer into Raft.
@@ -181,12 +201,16 @@ impl NodeHandle {
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        if self.status().applied >= index {
+            return true;
+        }
         loop {
-            if self.status().applied >= index {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, rx.recv()).await.is_err() {
-                return self.status().applied >= index;
+            // The broadcast carries the applied index itself (it is sent before the
+            // published status catches up).
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Ok(applied)) if applied >= index => return true,
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return self.status().applied >= index,
+                Ok(_) => {}
             }
         }
     }
@@ -221,7 +245,7 @@ pub fn start_node(
 ) -> anyhow::Result<(NodeHandle, std::thread::JoinHandle<()>)> {
     let logger = super::slog_tracing::logger();
     let mut initial = store.initial_state()?;
-    if initial.conf_state.voters.is_empty() {
+    if initial.conf_state.voters.is_empty() && !config.join {
         // First start: the configured voters form a new cluster.
         let mut voters = config.initial_voters.clone();
         if !voters.contains(&config.id) {
@@ -296,10 +320,19 @@ pub fn start_node(
         role: StateRole::Follower,
         replay_until: initial.hard_state.commit,
         transport,
+        force_snapshot: false,
         reads: HashMap::new(),
         ready_reads: Vec::new(),
         next_read: 1,
     };
+    // Members added after the cluster was founded are known from the replicated state.
+    let joined: Vec<(u64, String)> =
+        lp.state.read().unwrap_or_else(|e| e.into_inner()).members.clone().into_iter().collect();
+    for (id, addr) in joined {
+        if id != lp.config.id {
+            lp.transport.set_peer(id, Some(addr));
+        }
+    }
     let thread = std::thread::Builder::new().name("raft".into()).spawn(move || {
         // A node that cannot persist or apply must not go on serving stale state: stop the
         // process, so a supervisor restarts it and clients fail over.
@@ -310,7 +343,11 @@ pub fn start_node(
                 std::process::exit(70);
             }
             Err(_) => {
-                tracing::error!("raft loop panicked");
+                tracing::error!(
+                    "raft loop panicked. If this node's data directory was wiped or replaced while it was a \
+                     member, remove it (`baton cluster remove ID`), then start it with --join and add it back \
+                     (`baton cluster join ID ADDR`)"
+                );
                 std::process::exit(70);
             }
         }
@@ -339,6 +376,8 @@ struct Loop {
     /// them with what workers report, and an unknown outcome becomes `lost`.
     replay_until: u64,
     transport: Box<dyn Transport>,
+    /// Take a snapshot after this Ready regardless of the threshold.
+    force_snapshot: bool,
     /// ReadIndex requests by context id, waiting for Raft to confirm a read index.
     reads: HashMap<u64, oneshot::Sender<Result<u64, ProposeError>>>,
     /// Confirmed reads waiting for the applied index to reach their read index.
@@ -377,6 +416,8 @@ impl Loop {
                         self.reads.insert(id, reply);
                         self.raw.read_index(id.to_be_bytes().to_vec());
                     }
+                    Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
+                    Msg::TransferLeader(id) => self.raw.transfer_leader(id),
                     Msg::Stop => return Ok(()),
                 }
             }
@@ -399,10 +440,7 @@ impl Loop {
         }
         let id = self.next_proposal;
         self.next_proposal += 1;
-        let mut ctx = Vec::with_capacity(24);
-        ctx.extend_from_slice(&self.config.id.to_be_bytes());
-        ctx.extend_from_slice(&self.boot.to_be_bytes());
-        ctx.extend_from_slice(&id.to_be_bytes());
+        let ctx = self.context(id);
         match self.raw.propose(ctx, data) {
             Ok(()) => {
                 self.pending.insert(id, reply);
@@ -411,6 +449,31 @@ impl Loop {
                 let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
             }
         }
+    }
+
+    fn propose_conf_change(&mut self, cc: ConfChangeV2, reply: ReplyTx) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: self.raw.raft.leader_id }));
+            return;
+        }
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        match self.raw.propose_conf_change(self.context(id), cc) {
+            Ok(()) => {
+                self.pending.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
+            }
+        }
+    }
+
+    fn context(&self, id: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&self.config.id.to_be_bytes());
+        ctx.extend_from_slice(&self.boot.to_be_bytes());
+        ctx.extend_from_slice(&id.to_be_bytes());
+        ctx
     }
 
     /// One Ready, in raft-rs's documented order.
@@ -482,6 +545,11 @@ impl Loop {
     fn install_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
         self.store.persist(Persist { entries: &[], hard_state: None, snapshot: Some(snap) })?;
         let state: State = serde_json::from_slice(&snap.data)?;
+        for (id, addr) in &state.members {
+            if *id != self.config.id {
+                self.transport.set_peer(*id, Some(addr.clone()));
+            }
+        }
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
         self.conf_state = snap.get_metadata().get_conf_state().clone();
         self.last_snapshot = snap.get_metadata().index;
@@ -492,7 +560,8 @@ impl Loop {
         let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
         let mut replies = Vec::new();
         {
-            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let shared = self.state.clone();
+            let mut state = shared.write().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 match entry.get_entry_type() {
                     EntryType::EntryNormal => {
@@ -523,7 +592,8 @@ impl Loop {
                         replies.push((entry.context, reply, entry.index));
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                        anyhow::bail!("membership changes are not supported by this node yet (entry {})", entry.index);
+                        let reply = self.apply_conf_change(&mut state, &entry)?;
+                        replies.push((entry.context, reply, entry.index));
                     }
                 }
             }
@@ -535,6 +605,57 @@ impl Loop {
         }
         let _ = self.applied_tx.send(last);
         Ok(())
+    }
+
+    /// Applies a membership change: Raft's configuration, the replicated member addresses,
+    /// the transport. A snapshot follows at once, so a node that joins later receives the
+    /// whole configuration in a snapshot rather than replaying a log that lacks the initial one.
+    fn apply_conf_change(&mut self, state: &mut State, entry: &Entry) -> anyhow::Result<Reply> {
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&entry.data)?
+        } else {
+            // A v1 change is one single change; expressed as v2, Raft applies it the same way.
+            let v1 = ConfChange::parse_from_bytes(&entry.data)?;
+            let single = raft::eraftpb::ConfChangeSingle {
+                change_type: v1.change_type,
+                node_id: v1.node_id,
+                ..Default::default()
+            };
+            ConfChangeV2 { changes: vec![single].into(), context: v1.context, ..Default::default() }
+        };
+        state.applied_index = entry.index;
+        let cs = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => cs,
+            // Raft refused it (for example removing the last voter): every node refuses alike.
+            Err(e) => return Ok(Reply::Rejected(format!("membership change refused: {e}"))),
+        };
+        self.store.set_conf_state(&cs)?;
+        let address = String::from_utf8_lossy(&cc.context).into_owned();
+        for change in cc.get_changes() {
+            let id = change.node_id;
+            match change.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if !address.is_empty() {
+                        state.members.insert(id, address.clone());
+                    }
+                    if id != self.config.id {
+                        self.transport.set_peer(id, state.members.get(&id).cloned());
+                    }
+                }
+                ConfChangeType::RemoveNode => {
+                    state.members.remove(&id);
+                    if id == self.config.id {
+                        tracing::warn!("this node was removed from the cluster");
+                    } else {
+                        self.transport.set_peer(id, None);
+                    }
+                }
+            }
+        }
+        tracing::info!(voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+        self.conf_state = cs;
+        self.force_snapshot = true;
+        Ok(Reply::Done)
     }
 
     fn own_proposal(&mut self, ctx: &[u8]) -> Option<ReplyTx> {
@@ -586,9 +707,12 @@ impl Loop {
 
     fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
         let applied = self.raw.raft.raft_log.applied;
-        if applied < self.last_snapshot + self.config.snapshot_every {
+        if applied <= self.last_snapshot
+            || (applied < self.last_snapshot + self.config.snapshot_every && !self.force_snapshot)
+        {
             return Ok(());
         }
+        self.force_snapshot = false;
         let data = {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
             serde_json::to_vec(&*state)?

@@ -7,6 +7,7 @@
 //! a failed connection is reported to Raft as an unreachable peer.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_proto::v1 as pb;
@@ -15,6 +16,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use super::node::{NodeHandle, Transport};
@@ -30,43 +32,89 @@ const BATCH: usize = 256;
 
 /// The loop's side: one queue per peer.
 pub struct PeerTransport {
-    queues: BTreeMap<u64, mpsc::Sender<Message>>,
+    /// Per peer: its queue, and the token that stops its sender task when it is removed.
+    queues: BTreeMap<u64, (mpsc::Sender<Message>, CancellationToken)>,
     dropped: u64,
+    links: Arc<Mutex<Links>>,
 }
 
-/// The network side: the queues' receivers, until [`PeerLinks::start`] hands them to tasks.
+/// The network side, shared: where sender tasks are spawned, and queues waiting for it.
+#[derive(Default)]
+struct Links {
+    spawner: Option<(tokio::runtime::Handle, u64, NodeHandle)>,
+    waiting: Vec<(u64, String, mpsc::Receiver<Message>, CancellationToken)>,
+}
+
+impl Links {
+    fn spawn(&mut self, id: u64, addr: String, rx: mpsc::Receiver<Message>, stop: CancellationToken) {
+        match &self.spawner {
+            Some((rt, from, node)) => {
+                let task = peer_sender(*from, id, addr, rx, node.clone());
+                rt.spawn(async move {
+                    // A removed peer gets nothing more, not even what was queued for it.
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = task => {}
+                    }
+                });
+            }
+            None => self.waiting.push((id, addr, rx, stop)),
+        }
+    }
+}
+
+/// Starts the sender tasks once the node exists.
 pub struct PeerLinks {
-    receivers: BTreeMap<u64, mpsc::Receiver<Message>>,
+    links: Arc<Mutex<Links>>,
 }
 
 impl PeerTransport {
     /// Queues for `peers` (id -> gRPC address); nothing is sent until the links are started.
     pub fn new(peers: &BTreeMap<u64, String>) -> (PeerTransport, PeerLinks) {
-        let mut queues = BTreeMap::new();
-        let mut receivers = BTreeMap::new();
-        for id in peers.keys() {
-            let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(*id, tx);
-            receivers.insert(*id, rx);
+        let links = Arc::new(Mutex::new(Links::default()));
+        let mut t = PeerTransport { queues: BTreeMap::new(), dropped: 0, links: links.clone() };
+        for (id, addr) in peers {
+            t.set_peer(*id, Some(addr.clone()));
         }
-        (PeerTransport { queues, dropped: 0 }, PeerLinks { receivers })
+        (t, PeerLinks { links })
     }
 }
 
 impl PeerLinks {
-    /// Spawns one sender task per peer on the current tokio runtime.
-    pub fn start(self, from: u64, peers: &BTreeMap<u64, String>, node: NodeHandle) {
-        for (id, rx) in self.receivers {
-            let addr = peers.get(&id).cloned().unwrap_or_default();
-            tokio::spawn(peer_sender(from, id, addr, rx, node.clone()));
+    /// Spawns the sender tasks on the current tokio runtime, now and for peers added later.
+    pub fn start(self, from: u64, node: NodeHandle) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.spawner = Some((tokio::runtime::Handle::current(), from, node));
+        for (id, addr, rx, stop) in std::mem::take(&mut links.waiting) {
+            links.spawn(id, addr, rx, stop);
         }
     }
 }
 
 impl Transport for PeerTransport {
+    fn set_peer(&mut self, id: u64, address: Option<String>) {
+        match address {
+            // Dropping the queue ends its sender task.
+            None => {
+                if let Some((_, stop)) = self.queues.remove(&id) {
+                    stop.cancel();
+                }
+            }
+            Some(addr) => {
+                if self.queues.contains_key(&id) {
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let stop = CancellationToken::new();
+                self.queues.insert(id, (tx, stop.clone()));
+                self.links.lock().unwrap_or_else(|e| e.into_inner()).spawn(id, addr, rx, stop);
+            }
+        }
+    }
+
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            let Some(q) = self.queues.get(&m.to) else {
+            let Some((q, _)) = self.queues.get(&m.to) else {
                 tracing::warn!(to = m.to, "no address for raft peer; dropping message");
                 continue;
             };

@@ -4,4 +4,5 @@ mod cluster;
 mod crash;
 mod deploy;
 mod e2e;
+mod membership;
 mod restart;
