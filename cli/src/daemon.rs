@@ -34,41 +34,121 @@ pub struct DevArgs {
     pub worker_grace_secs: u64,
 }
 
-/// `baton server` options.
+/// `baton server` options. Every one can also come from `--config FILE` (TOML, same names
+/// with `_` for `-`, and `[peers]` as `ID = "HOST:PORT"`); a flag overrides the file.
 #[derive(Args, Debug)]
 pub struct ServerArgs {
-    /// Raft node id (positive).
-    #[arg(long, default_value_t = 1)]
-    pub id: u64,
-    /// Where the node keeps its data.
+    /// A TOML file with any of these options.
     #[arg(long)]
-    pub data_dir: PathBuf,
-    /// gRPC listen address.
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    pub grpc: SocketAddr,
-    /// HTTP listen address.
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    pub http: SocketAddr,
-    /// Snapshot the state machine after this many applied entries.
-    #[arg(long, default_value_t = 2000)]
-    pub snapshot_every: u64,
-    /// Seconds a worker has to reconnect after a leader change before its attempts are lost.
-    #[arg(long, default_value_t = 10)]
-    pub worker_grace_secs: u64,
-    /// Another member, ID=HOST:PORT of its gRPC listener (repeatable). All members of a new
-    /// cluster must be started with the same set.
+    pub config: Option<PathBuf>,
+    /// Raft node id (positive) [default: 1].
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Where the node keeps its data (required, here or in the file).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub grpc: Option<SocketAddr>,
+    /// HTTP listen address [default: 127.0.0.1:7401].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Snapshot the state machine after this many applied entries [default: 2000].
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Seconds a worker may be away (after a leader change or a disconnect) before its
+    /// attempts are lost [default: 10].
+    #[arg(long)]
+    pub worker_grace_secs: Option<u64>,
+    /// Another member, ID=HOST:PORT of its gRPC listener (repeatable). All founding members
+    /// of a new cluster must be started with the same set.
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(u64, String)>,
-    /// Address the other members and workers reach this node at (default: --grpc).
+    /// Address the other members and workers reach this node at [default: --grpc].
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Milliseconds of one Raft tick; the election timeout is 10 ticks.
-    #[arg(long, default_value_t = 100)]
-    pub tick_ms: u64,
+    /// Milliseconds of one Raft tick; the election timeout is 10 ticks [default: 100].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
     /// Join an existing cluster instead of founding one: start without a configuration and
     /// wait to be added with `baton cluster join ID ADDR` (give the members as --peer).
     #[arg(long)]
     pub join: bool,
+}
+
+/// The `--config` file of `baton server`.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    /// Raft node id.
+    id: Option<u64>,
+    /// Data directory.
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address.
+    grpc: Option<SocketAddr>,
+    /// HTTP listen address.
+    http: Option<SocketAddr>,
+    /// Entries between snapshots.
+    snapshot_every: Option<u64>,
+    /// Worker grace period in seconds.
+    worker_grace_secs: Option<u64>,
+    /// Address others reach this node at.
+    advertise: Option<String>,
+    /// Raft tick in milliseconds.
+    tick_ms: Option<u64>,
+    /// Join an existing cluster.
+    join: Option<bool>,
+    /// Other members: "ID" = "HOST:PORT".
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+}
+
+impl ServerArgs {
+    /// Flags over the file over defaults, validated.
+    fn resolve(self) -> anyhow::Result<ServerConfig> {
+        let file = match &self.config {
+            None => ServerFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+        };
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .ok_or_else(|| anyhow::anyhow!("--data-dir is required (or data_dir in --config)"))?;
+        let id = self.id.or(file.id).unwrap_or(1);
+        if id == 0 {
+            bail!("the node id must be positive");
+        }
+        let mut config = ServerConfig::new(data_dir);
+        config.id = id;
+        config.grpc_addr = self.grpc.or(file.grpc).unwrap_or(config.grpc_addr);
+        config.http_addr = self.http.or(file.http).unwrap_or(config.http_addr);
+        config.snapshot_every = self.snapshot_every.or(file.snapshot_every).unwrap_or(2000).max(1);
+        config.worker_grace =
+            std::time::Duration::from_secs(self.worker_grace_secs.or(file.worker_grace_secs).unwrap_or(10));
+        config.advertise = self.advertise.or(file.advertise);
+        config.join = self.join || file.join.unwrap_or(false);
+        config.tick = std::time::Duration::from_millis(self.tick_ms.or(file.tick_ms).unwrap_or(100).max(10));
+        let mut peers = Vec::new();
+        for (k, v) in file.peers {
+            peers
+                .push(parse_peer(&format!("{k}={v}")).map_err(|e| anyhow::anyhow!("[peers] in the config file: {e}"))?);
+        }
+        if !self.peers.is_empty() {
+            peers = self.peers;
+        }
+        for (peer, addr) in peers {
+            if peer == id {
+                bail!("peer {peer}={addr}: that is this node's own id");
+            }
+            if config.peers.insert(peer, addr).is_some() {
+                bail!("peer {peer} is given twice");
+            }
+        }
+        Ok(config)
+    }
 }
 
 /// Parses `ID=ADDR`.
@@ -184,28 +264,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
 
 /// `baton server`.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    if args.id == 0 {
-        bail!("--id must be positive");
-    }
-    let mut config = ServerConfig::new(args.data_dir);
-    config.id = args.id;
-    config.grpc_addr = args.grpc;
-    config.http_addr = args.http;
-    config.snapshot_every = args.snapshot_every.max(1);
-    config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
-    config.advertise = args.advertise;
-    config.join = args.join;
-    config.tick = std::time::Duration::from_millis(args.tick_ms.max(10));
-    for (id, addr) in args.peers {
-        if id == args.id {
-            bail!("--peer {id}={addr}: that is this node's own id");
-        }
-        if config.peers.insert(id, addr).is_some() {
-            bail!("--peer {id} is given twice");
-        }
-    }
+    let config = args.resolve()?;
+    let id = config.id;
     let server = start(config).await?;
-    println!("baton server {} listening: gRPC {} HTTP http://{}", args.id, server.grpc_addr, server.http_addr);
+    println!("baton server {id} listening: gRPC {} HTTP http://{}", server.grpc_addr, server.http_addr);
     wait_for_signal().await?;
     server.stop().await;
     Ok(())
@@ -233,4 +295,46 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     task.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    fn resolve(args: &[&str]) -> anyhow::Result<ServerConfig> {
+        Wrap::try_parse_from(std::iter::once("server").chain(args.iter().copied()))?.args.resolve()
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_leave_out() {
+        let dir = tempfile_dir();
+        let file = dir.join("node.toml");
+        std::fs::write(&file, "id = 2\ndata_dir = \"/d\"\ngrpc = \"127.0.0.1:7102\"\n[peers]\n1 = \"127.0.0.1:7101\"\n3 = \"127.0.0.1:7103\"\n").unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap(), "--tick-ms", "50"]).unwrap();
+        assert_eq!((c.id, c.grpc_addr.port(), c.tick.as_millis()), (2, 7102, 50));
+        assert_eq!(c.peers.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        // Flags win over the file.
+        let c = resolve(&["--config", file.to_str().unwrap(), "--id", "5", "--peer", "9=h:1"]).unwrap();
+        assert_eq!((c.id, c.peers.len()), (5, 1));
+        std::fs::write(&file, "id = 1\nbogus = true\n").unwrap();
+        let err = resolve(&["--config", file.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(resolve(&["--id", "1"]).unwrap_err().to_string().contains("--data-dir"));
+        assert!(resolve(&["--data-dir", "/d", "--id", "1", "--peer", "1=h:1"]).is_err(), "own id as a peer");
+        assert!(resolve(&["--data-dir", "/d", "--peer", "2=h:1", "--peer", "2=h:2"]).is_err(), "duplicate peer");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("baton-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -141,6 +141,14 @@ impl Api {
             self.propose_report(op).await;
         }
         for r in register.unacked_results {
+            if !self.may_report(&worker, r.attempt_id) {
+                tracing::warn!(
+                    worker,
+                    attempt = r.attempt_id,
+                    "ignoring a result for an attempt assigned to another worker"
+                );
+                continue;
+            }
             match result_op(r) {
                 Ok(op) => self.propose_report(op).await,
                 Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
@@ -174,6 +182,13 @@ impl Api {
                 pb::worker_message::Msg::Register(_) => {
                     tracing::warn!(worker, "ignoring a second register on one session");
                 }
+                pb::worker_message::Msg::Started(s) if !self.holds(&worker, s.attempt_id) => {
+                    tracing::warn!(
+                        worker,
+                        attempt = s.attempt_id,
+                        "ignoring a start report for an attempt this worker does not hold"
+                    );
+                }
                 pb::worker_message::Msg::Started(s) => {
                     let api = self.clone();
                     tokio::spawn(
@@ -181,6 +196,13 @@ impl Api {
                     );
                 }
                 pb::worker_message::Msg::Output(o) => self.store_output(&worker, o),
+                pb::worker_message::Msg::Result(r) if !self.may_report(&worker, r.attempt_id) => {
+                    tracing::warn!(
+                        worker,
+                        attempt = r.attempt_id,
+                        "ignoring a result for an attempt assigned to another worker"
+                    );
+                }
                 pb::worker_message::Msg::Result(r) => {
                     // Output sent before the result must be durable before the result commits.
                     if let Err(e) = self.store.flush_outputs() {
@@ -198,6 +220,21 @@ impl Api {
         }
         self.workers.unregister(&worker, no, now_ms());
         tracing::info!(worker, "worker disconnected");
+    }
+
+    /// The attempt is active and assigned to `worker`.
+    fn holds(&self, worker: &str, attempt_id: u64) -> bool {
+        self.node.read(|s| {
+            s.active_attempts.get(&attempt_id).is_some_and(|(run_id, si)| {
+                s.runs[run_id].steps[*si].active_attempt().is_some_and(|a| a.id == attempt_id && a.worker == worker)
+            })
+        })
+    }
+
+    /// A result from `worker` may be committed: the attempt is its own, or already resolved
+    /// (a re-sent result, which apply ignores and acknowledges again).
+    fn may_report(&self, worker: &str, attempt_id: u64) -> bool {
+        self.holds(worker, attempt_id) || self.node.read(|s| !s.active_attempts.contains_key(&attempt_id))
     }
 
     fn store_output(&self, worker: &str, o: pb::OutputChunk) {
