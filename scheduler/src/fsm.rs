@@ -296,7 +296,8 @@ impl State {
             return Reply::Run { run_id: existing.clone(), deduplicated: true };
         }
         if self.runs.contains_key(&run_id) {
-            return Reply::Run { run_id, deduplicated: true };
+            // The same request proposed again (after a leader change): not a duplicate trigger.
+            return Reply::Run { run_id, deduplicated: false };
         }
         let Some(entry) = self.runbooks.get(runbook) else {
             return Reply::Rejected(format!("runbook {runbook:?} does not exist"));

@@ -60,11 +60,24 @@ impl Api {
     /// Proposes `op` and waits until it is applied here. On a follower the command goes to
     /// the leader (which stamps its time), and the answer waits until this node has applied
     /// it too, so the caller reads its own write from the node it asked.
+    ///
+    /// A proposal lost to a leader change is proposed again (to the new leader) until the
+    /// request's deadline: apply ignores a command it has already applied (a start carries its
+    /// run id, fires their tick, results their attempt), so a repeat cannot double anything.
     pub async fn propose(&self, op: Op) -> Result<Reply, ApiError> {
         let cmd = Command { at_ms: now_ms(), op };
-        let reply = match tokio::time::timeout(REQUEST_TIMEOUT, self.propose_anywhere(&cmd)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(ApiError::Unavailable("the cluster did not commit the request in time".into())),
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        let reply = loop {
+            match tokio::time::timeout_at(deadline, self.propose_anywhere(&cmd)).await {
+                Ok(Ok(reply)) => break reply,
+                Ok(Err(ApiError::NotLeader { .. } | ApiError::Unavailable(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ApiError::Unavailable("the cluster did not commit the request in time".into())),
+            }
         };
         match reply {
             Reply::Rejected(why) => Err(ApiError::Rejected(why)),
@@ -72,7 +85,23 @@ impl Api {
         }
     }
 
+    /// Waits (bounded) until some node is known to lead, e.g. during an election.
+    pub async fn wait_for_leader(&self) -> Result<u64, ApiError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let leader = self.node.status().leader_id;
+            if leader != 0 {
+                return Ok(leader);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::Unavailable("no leader was elected in time; is a quorum of members up?".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn propose_anywhere(&self, cmd: &Command) -> Result<Reply, ApiError> {
+        self.wait_for_leader().await?;
         let status = self.node.status();
         if status.role == Role::Leader {
             match self.node.propose(cmd).await {
@@ -264,6 +293,7 @@ impl pb::cluster_service_server::ClusterService for Api {
     }
 
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.wait_for_leader().await?;
         if let Some(mut client) = self.leader_cluster_client() {
             return client.join(req.into_inner()).await;
         }
@@ -272,8 +302,26 @@ impl pb::cluster_service_server::ClusterService for Api {
     }
 
     async fn remove(&self, req: Request<pb::RemoveRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.wait_for_leader().await?;
         if let Some(mut client) = self.leader_cluster_client() {
             return client.remove(req.into_inner()).await;
+        }
+        let st = self.node.status();
+        if req.get_ref().id == st.id && st.voters.len() > 1 {
+            // The leader leaves: hand over leadership first (to the most caught-up voter), so
+            // the rest of the cluster does not have to wait out an election.
+            let heir = st.matched.iter().filter(|(id, _)| *id != st.id).max_by_key(|(_, m)| *m).map(|(id, _)| *id);
+            if let Some(heir) = heir {
+                self.node.transfer_leader(heir);
+                let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+                while self.node.status().leader_id == st.id && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                self.wait_for_leader().await?;
+                if let Some(mut client) = self.leader_cluster_client() {
+                    return client.remove(req.into_inner()).await;
+                }
+            }
         }
         Ok(Response::new(self.change_membership(req.into_inner().id, None).await?))
     }
@@ -282,6 +330,7 @@ impl pb::cluster_service_server::ClusterService for Api {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.wait_for_leader().await?;
         if let Some(mut client) = self.leader_cluster_client() {
             return client.transfer_leader(req.into_inner()).await;
         }

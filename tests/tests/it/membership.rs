@@ -62,6 +62,13 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Every node's log, for failure messages.
+fn logs(dir: &Path) -> String {
+    (1..=4)
+        .map(|i| format!("=== n{i}\n{}", std::fs::read_to_string(dir.join(format!("n{i}.log"))).unwrap_or_default()))
+        .collect()
+}
+
 fn runs(addr: &str) -> Vec<String> {
     let list = json(addr, &["run", "list", "--stale", "--limit", "1000"]);
     let mut ids: Vec<String> = list.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
@@ -88,7 +95,8 @@ fn join_remove_rejoin_by_snapshot_and_restore_from_a_backup() {
     eventually("a leader", || cli(a(1), &["runbook", "apply", "-f", &f("note.yaml")]).ok());
     assert!(cli(a(2), &["runbook", "apply", "-f", &f("nightly.yaml")]).ok());
     for n in 0..25 {
-        assert!(cli(a(1 + n % 3), &["run", "start", "note", "-p", &format!("n={n}")]).ok());
+        let out = cli(a(1 + n % 3), &["run", "start", "note", "-p", &format!("n={n}")]);
+        assert!(out.ok(), "{out}\n{}", logs(dir));
     }
     let history = runs(a(1));
     assert_eq!(history.len(), 25);
@@ -123,7 +131,7 @@ fn join_remove_rejoin_by_snapshot_and_restore_from_a_backup() {
     let others: Vec<(u64, &str)> = vec![(2, a(2)), (4, a(4))];
     nodes[2] = Some(server(dir, 3, a(3), &others, &["--join"]));
     let out = cli(a(4), &["cluster", "join", "3", a(3)]);
-    assert!(out.ok(), "{out}");
+    assert!(out.ok(), "{out}\n{}", logs(dir));
     eventually("the wiped node to catch up", || runs(a(3)) == history);
 
     // Back up, restore into a fresh single-node cluster: same runbooks, schedules, history.
