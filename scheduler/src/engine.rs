@@ -157,7 +157,13 @@ impl Engine {
         for (_, worker) in self.assigning.values() {
             *load.entry(worker.clone()).or_insert(0) += 1;
         }
+        let free = |load: &BTreeMap<String, u32>| {
+            view.workers.iter().any(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
+        };
         for run_id in &state.active_runs {
+            if !free(&load) {
+                break;
+            }
             let Some((si, attempts)) = pending_step(state, run_id) else { continue };
             let key = (run_id.clone(), si, attempts);
             if self.assigning.contains_key(&key)
@@ -198,17 +204,18 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             error: format!("runbook {} version {} has no such step", run.runbook, run.version),
         });
     };
-    let Action::Exec(exec) = &spec.action;
-    let rendered = match render_exec(exec, &template_context(run)) {
-        Ok(r) => r,
-        Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
-    };
-    // Least-loaded worker with free capacity; ties go to the earliest registered.
+    // Least-loaded worker with free capacity; ties go to the earliest registered. Chosen
+    // before rendering: with every worker busy, waiting runs cost nothing per decision.
     let worker = view
         .workers
         .iter()
         .filter(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
         .min_by_key(|w| load.get(&w.id).copied().unwrap_or(0))?;
+    let Action::Exec(exec) = &spec.action;
+    let rendered = match render_exec(exec, &template_context(run)) {
+        Ok(r) => r,
+        Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
+    };
     *load.entry(worker.id.clone()).or_insert(0) += 1;
     Some(Op::Assign {
         run_id: run.id.clone(),

@@ -388,6 +388,10 @@ struct Loop {
 impl Loop {
     fn run(&mut self, rx: mpsc::Receiver<Msg>) -> anyhow::Result<()> {
         let mut last_tick = Instant::now();
+        // A single voter campaigned before the loop started: act on it at once.
+        if self.raw.has_ready() {
+            self.on_ready()?;
+        }
         loop {
             // 1. Wait for input or the next tick; then take everything queued, so all
             //    proposals that arrived meanwhile share one Ready and one fsync (group commit).

@@ -44,6 +44,9 @@ pub struct SledStore {
     raft: ::sled::Tree,
     /// The per-node step output log.
     outputs: ::sled::Tree,
+    /// The state-machine snapshot, alone in its tree: kept with the constantly rewritten hard
+    /// state, sled copied the whole blob on every commit and never reclaimed the copies.
+    snapshots: ::sled::Tree,
     /// In-memory copy of everything small that the hot path reads.
     cache: RwLock<Cache>,
 }
@@ -75,7 +78,9 @@ impl SledStore {
         let db = ::sled::Config::new().path(dir).open().map_err(sled_error(&format!("opening {}", dir.display())))?;
         let raft = db.open_tree("raft").map_err(sled_error("opening the raft tree"))?;
         let outputs = db.open_tree("outputs").map_err(sled_error("opening the outputs tree"))?;
-        let store = SledStore { path: dir.to_owned(), cache: RwLock::new(Cache::default()), db, raft, outputs };
+        let snapshots = db.open_tree("snapshots").map_err(sled_error("opening the snapshots tree"))?;
+        let store =
+            SledStore { path: dir.to_owned(), cache: RwLock::new(Cache::default()), db, raft, outputs, snapshots };
         let cache = store.load()?;
         tracing::info!(
             path = %dir.display(),
@@ -93,7 +98,7 @@ impl SledStore {
         self.check_format()?;
         let hard_state: HardState = self.get_decoded(HARD_STATE_KEY, "hard state")?;
         let conf_state: Option<ConfState> = self.get(CONF_STATE_KEY)?.map(|v| decode(&v, "conf state")).transpose()?;
-        let snapshot: Snapshot = self.get_decoded(SNAPSHOT_KEY, "snapshot")?;
+        let snapshot: Snapshot = self.read_snapshot()?;
         let snapshot_meta = snapshot.get_metadata().clone();
 
         let mut log = self.raft.scan_prefix([ENTRY_PREFIX]);
@@ -194,6 +199,27 @@ impl SledStore {
         self.raft.apply_batch(batch).map_err(sled_error("writing a batch to the raft tree"))
     }
 
+    /// Writes a raft-tree batch and a new snapshot in one transaction.
+    fn apply_with_snapshot(&self, batch: ::sled::Batch, snapshot: Vec<u8>) -> Result<(), StoreError> {
+        use ::sled::Transactional;
+        (&self.raft, &self.snapshots)
+            .transaction(|(raft, snapshots)| {
+                raft.apply_batch(&batch)?;
+                snapshots.insert(SNAPSHOT_KEY, snapshot.as_slice())?;
+                Ok::<(), ::sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Io(format!("writing a snapshot: {e:?}")))
+    }
+
+    /// The stored snapshot (stores written before the snapshot had its own tree keep it in
+    /// the raft tree).
+    fn read_snapshot(&self) -> Result<Snapshot, StoreError> {
+        match self.snapshots.get(SNAPSHOT_KEY).map_err(sled_error("reading the snapshot"))? {
+            Some(v) => decode(&v, "snapshot"),
+            None => self.get_decoded(SNAPSHOT_KEY, "snapshot"),
+        }
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map(drop).map_err(sled_error("flushing to disk"))
     }
@@ -230,7 +256,7 @@ impl Store for SledStore {
             for idx in cache.bounds.first_index()..=cache.bounds.last_index {
                 batch.remove(&entry_key(idx));
             }
-            batch.insert(SNAPSHOT_KEY, encode(s, "snapshot")?);
+            batch.remove(SNAPSHOT_KEY);
             batch.insert(CONF_STATE_KEY, encode(s.get_metadata().get_conf_state(), "conf state")?);
         }
         // Truncate the conflicting suffix: stored entries past the new last index go; those up
@@ -251,7 +277,10 @@ impl Store for SledStore {
             return Ok(());
         }
 
-        self.apply(batch)?;
+        match snapshot {
+            Some(s) => self.apply_with_snapshot(batch, encode(s, "snapshot")?)?,
+            None => self.apply(batch)?,
+        }
         // The tree now holds the new state; the cache must say the same even if the flush
         // fails (after which the caller stops the node anyway).
         if let Some(s) = snapshot {
@@ -327,7 +356,7 @@ impl Store for SledStore {
 
     fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let _cache = self.read();
-        self.get_decoded(SNAPSHOT_KEY, "snapshot")
+        self.read_snapshot()
     }
 
     fn save_snapshot(&self, data: Vec<u8>, index: u64, conf_state: &ConfState) -> Result<(), StoreError> {
@@ -338,11 +367,11 @@ impl Store for SledStore {
         let mut snapshot = new_snapshot(data, index, term, conf_state);
 
         let mut batch = ::sled::Batch::default();
-        batch.insert(SNAPSHOT_KEY, encode(&snapshot, "snapshot")?);
+        batch.remove(SNAPSHOT_KEY);
         for idx in cache.bounds.first_index()..=index {
             batch.remove(&entry_key(idx));
         }
-        self.apply(batch)?;
+        self.apply_with_snapshot(batch, encode(&snapshot, "snapshot")?)?;
         cache.snapshot_meta = snapshot.take_metadata();
         cache.bounds = cache.bounds.compact(index, term);
         self.flush()
