@@ -26,6 +26,8 @@ pub struct Server {
     log_start: u64,
     /// How many processes have been spawned (including retries after a busy port).
     pub spawns: u32,
+    /// More `baton server` arguments, passed to every start.
+    pub extra_args: Vec<String>,
 }
 
 /// Why a start failed.
@@ -55,6 +57,7 @@ impl Server {
             log: data_dir.with_extension("log"),
             log_start: 0,
             spawns: 0,
+            extra_args: Vec::new(),
         }
     }
 
@@ -91,6 +94,7 @@ impl Server {
             .args(["server", "--id", &self.id.to_string(), "--data-dir"])
             .arg(&self.data_dir)
             .args(["--grpc", &self.addr, "--http", &self.http])
+            .args(&self.extra_args)
             .env("BATON_LOG", "info,raft=warn,sled=warn,h2=warn,tower=warn")
             .stdout(Stdio::piped())
             .stderr(log)

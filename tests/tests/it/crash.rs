@@ -3,7 +3,10 @@
 //! must survive (the store fsyncs before acknowledging), and every restart must be clean.
 //!
 //! `BATON_CRASH_ITERATIONS` (default 200) sets the number of kills, `BATON_CRASH_SEED` repeats
-//! a run's kill delays and samples (the seed is printed at the start).
+//! a run's kill delays and samples (the seed is printed at the start), `BATON_CRASH_SNAPSHOT_EVERY`
+//! passes `--snapshot-every` to the node (its default, 2000 entries, is about what 200 iterations
+//! write, so a small value is what puts crashes inside snapshots and log compaction), and
+//! `BATON_CRASH_VERBOSE` prints one line per iteration.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -16,6 +19,7 @@ use baton_proto::v1::run_service_client::RunServiceClient;
 use baton_proto::v1::runbook_service_client::RunbookServiceClient;
 use baton_tests::server::Server;
 use futures::StreamExt as _;
+use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
 const RUNBOOK: &str = "name: crash\nsteps:\n  - id: noop\n    action: exec\n    with: { command: [\"true\"] }\n";
@@ -85,11 +89,23 @@ fn env_number(name: &str) -> Option<u64> {
     Some(v.trim().parse().unwrap_or_else(|e| panic!("{name}={v:?}: {e}")))
 }
 
-async fn connect(endpoint: &str) -> RunServiceClient<Channel> {
-    RunServiceClient::connect(endpoint.to_string())
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {endpoint}: {e}"))
-        .max_decoding_message_size(256 << 20)
+async fn connect(endpoint: &str) -> Result<RunServiceClient<Channel>, String> {
+    match RunServiceClient::connect(endpoint.to_string()).await {
+        Ok(c) => Ok(c.max_decoding_message_size(256 << 20)),
+        Err(e) => Err(format!("connecting to {endpoint}: {e:?}")),
+    }
+}
+
+/// `n` clients of a node that said it is ready; failing to reach it is an unclean restart.
+fn clients(rt: &Runtime, node: &mut Server, n: usize, iteration: usize) -> Vec<RunServiceClient<Channel>> {
+    let endpoint = node.endpoint();
+    let got: Result<Vec<_>, _> =
+        rt.block_on(futures::future::join_all((0..n).map(|_| connect(&endpoint)))).into_iter().collect();
+    got.unwrap_or_else(|e| {
+        std::thread::sleep(Duration::from_millis(200));
+        let status = node.exited().map_or("still running".to_string(), |s| format!("gone: {s}"));
+        panic!("iteration {iteration}: {e}; the node is {status}; its log:\n{}", node.current_log())
+    })
 }
 
 async fn writer(
@@ -245,6 +261,7 @@ fn percentile(sorted: &[Duration], p: f64) -> u128 {
 #[test]
 fn sigkill_during_writes_loses_no_acknowledged_write() {
     let iterations = env_number("BATON_CRASH_ITERATIONS").unwrap_or(200) as usize;
+    let snapshot_every = env_number("BATON_CRASH_SNAPSHOT_EVERY");
     let seed = env_number("BATON_CRASH_SEED").unwrap_or_else(|| {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
         (t.as_nanos() as u64) ^ u64::from(std::process::id()).rotate_left(32)
@@ -257,6 +274,9 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
     let tmp = KeepOnFailure(Some(tempfile::tempdir().unwrap()));
     let data_dir: PathBuf = tmp.0.as_ref().unwrap().path().join("node1");
     let mut node = Server::new(1, &data_dir);
+    if let Some(n) = snapshot_every {
+        node.extra_args = vec!["--snapshot-every".into(), n.to_string()];
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
     let mut startups = vec![start(&mut node, 0)];
@@ -276,7 +296,6 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
         if iteration > 0 {
             startups.push(start(&mut node, iteration));
         }
-        let endpoint = node.endpoint();
 
         // 1. Everything acknowledged so far is still there.
         let checking = Instant::now();
@@ -288,8 +307,8 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
         }
         let mut retries = sample(&mut rng, newest, DEDUP_SAMPLE / 2);
         retries.extend(sample(&mut rng, &acked, DEDUP_SAMPLE - retries.len()));
+        let client = clients(&rt, &mut node, 1, iteration).pop().unwrap();
         rt.block_on(async {
-            let client = connect(&endpoint).await;
             check_runs(&client, &reads, iteration, &mut found).await;
             check_dedup(&client, &retries, iteration, &mut found).await;
         });
@@ -299,8 +318,7 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
         // 2. Writers, and a SIGKILL while their writes are in flight.
         let writing = Instant::now();
         let killing = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = rt.block_on(futures::future::join_all((0..WRITERS).map(|_| connect(&endpoint))));
-        let tasks: Vec<_> = clients
+        let tasks: Vec<_> = clients(&rt, &mut node, WRITERS, iteration)
             .into_iter()
             .enumerate()
             .map(|(w, client)| rt.spawn(writer(client, iteration, w, killing.clone())))
@@ -341,9 +359,8 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
     // 3. One more restart, then every acknowledged write, read back and retried.
     startups.push(start(&mut node, iterations));
     let checking = Instant::now();
-    let endpoint = node.endpoint();
+    let mut client = clients(&rt, &mut node, 1, iterations).pop().unwrap();
     let (listed, phantoms, unacked_applied) = rt.block_on(async {
-        let mut client = connect(&endpoint).await;
         check_runs(&client, &acked, iterations, &mut found).await;
         check_dedup(&client, &acked, iterations, &mut found).await;
         // No run the clients did not ask for; count how many unacknowledged writes did land.
@@ -417,37 +434,4 @@ fn sigkill_during_writes_loses_no_acknowledged_write() {
     );
     assert!(found.anomalies.is_empty(), "{} anomalies (seed {seed}), see above", found.anomalies.len());
     drop(tmp);
-}
-
-#[test]
-fn zz_probe_latency() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut node = Server::new(1, &tmp.path().join("n"));
-    node.start(READY_TIMEOUT).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut runbooks = RunbookServiceClient::connect(node.endpoint()).await.unwrap();
-        runbooks.apply(pb::ApplyRequest { file_name: "crash.yaml".into(), source: RUNBOOK.into() }).await.unwrap();
-        let mut c = connect(&node.endpoint()).await;
-        let mut n = 0;
-        for batch in 0..8 {
-            let t = Instant::now();
-            for _ in 0..(if batch == 0 { 20 } else { 200 }) {
-                c.start(pb::StartRunRequest {
-                    runbook: "crash".into(),
-                    idempotency_key: format!("k{n}"),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-                n += 1;
-            }
-            let per = t.elapsed() / (if batch == 0 { 20 } else { 200 });
-            let t = Instant::now();
-            for _ in 0..20 {
-                c.get(pb::GetRunRequest { id: "r-none".into() }).await.ok();
-            }
-            println!("runs {n}: start {per:?} each, get {:?} each", t.elapsed() / 20);
-        }
-    });
 }
