@@ -82,6 +82,15 @@ impl Workers {
         }
     }
 
+    /// Ends every session (this node stopped leading): the workers reconnect, follow the
+    /// leader hint, and are reconciled by the new leader.
+    pub fn close_all(&self) {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sessions.values() {
+            s.closed.cancel();
+        }
+    }
+
     /// Workers that disconnected, and when (for the engine's grace period).
     pub fn departed(&self) -> HashMap<String, i64> {
         self.departed.lock().unwrap_or_else(|e| e.into_inner()).clone()

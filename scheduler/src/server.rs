@@ -229,11 +229,18 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
     let mut applied = node.subscribe_applied();
     let mut epoch = 0;
     let mut leader_since_ms = 0;
+    let mut was_leader = false;
     loop {
         let status = node.status();
         if status.role != Role::Leader {
             engine.reset();
+            if was_leader {
+                // Workers must report to the new leader, not to a node that can no longer commit.
+                workers.close_all();
+                was_leader = false;
+            }
         } else {
+            was_leader = true;
             if status.leader_epoch != epoch {
                 epoch = status.leader_epoch;
                 leader_since_ms = now_ms();
