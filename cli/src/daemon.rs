@@ -249,9 +249,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("Try, in another shell:");
     let flag = if addr.port() == 7400 { String::new() } else { format!(" --addr {addr}") };
-    println!("  baton runbook list{flag}");
-    println!("  baton run start hello-world -p name=Ada --wait{flag}");
-    println!("  baton run list{flag}");
+    let baton = command_name();
+    println!("  {baton} runbook list{flag}");
+    println!("  {baton} run start hello-world -p name=Ada --wait{flag}");
+    println!("  {baton} run list{flag}");
     println!();
     println!("Stop with Ctrl-C; state survives restarts in {}.", args.data_dir.display());
     wait_for_signal().await?;
@@ -260,6 +261,23 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let _ = worker.await;
     server.stop().await;
     Ok(())
+}
+
+/// How to call this binary from a shell: `baton` when that name on PATH is this binary (as
+/// after `cargo install`), else its path (as under `cargo run`).
+fn command_name() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else { return "baton".into() };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| d.join("baton").canonicalize().is_ok_and(|p| p == me))
+    });
+    if on_path {
+        return "baton".into();
+    }
+    let cwd = std::env::current_dir().ok();
+    match cwd.and_then(|c| me.strip_prefix(&c).ok().map(Path::to_path_buf)) {
+        Some(rel) => format!("./{}", rel.display()),
+        None => me.display().to_string(),
+    }
 }
 
 /// `baton server`.
