@@ -113,6 +113,15 @@ pub enum Op {
         /// Failure reason.
         error: Option<String>,
     },
+    /// A step's `when` condition was false: it is skipped.
+    SkipStep {
+        /// Run id.
+        run_id: String,
+        /// Step id.
+        step_id: String,
+        /// The condition, for the record.
+        reason: String,
+    },
     /// The attempt's worker is gone or says it is not running it: the outcome is unknown.
     AttemptLost {
         /// Attempt id.
@@ -140,6 +149,7 @@ impl Op {
             Op::RecordMissed { .. } => "record_missed",
             Op::Assign { .. } => "assign",
             Op::RenderFailed { .. } => "render_failed",
+            Op::SkipStep { .. } => "skip_step",
             Op::AttemptStarted { .. } => "attempt_started",
             Op::AttemptFinished { .. } => "attempt_finished",
             Op::AttemptLost { .. } => "attempt_lost",

@@ -65,9 +65,16 @@ pub enum StepState {
     Cancelled,
     /// The worker running the last attempt was lost; its outcome is unknown.
     Lost,
+    /// Its `when` condition was false: it did not run.
+    Skipped,
 }
 
 impl StepState {
+    /// True for a step the run is done with and may go on after: succeeded or skipped.
+    pub fn is_done(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Skipped)
+    }
+
     /// The lowercase name used by the CLI, the docs and templates (`steps.<id>.status`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -77,6 +84,7 @@ impl StepState {
             StepState::Failed => "failed",
             StepState::Cancelled => "cancelled",
             StepState::Lost => "lost",
+            StepState::Skipped => "skipped",
         }
     }
 }
@@ -206,6 +214,12 @@ pub struct StepRun {
     pub started_at_ms: i64,
     /// When the step reached its final state (0 if not yet).
     pub finished_at_ms: i64,
+    /// A retry waits until then (unix ms; 0: no wait).
+    #[serde(default)]
+    pub not_before_ms: i64,
+    /// It failed, and its runbook says the run goes on (`on_error: continue`).
+    #[serde(default)]
+    pub failure_tolerated: bool,
 }
 
 impl StepRun {
@@ -222,6 +236,8 @@ impl StepRun {
             error: None,
             started_at_ms: 0,
             finished_at_ms: 0,
+            not_before_ms: 0,
+            failure_tolerated: false,
         }
     }
 

@@ -59,6 +59,34 @@ pub struct Step {
     pub timeout_ms: Option<u64>,
     /// Whether running the step twice is as safe as running it once.
     pub idempotent: bool,
+    /// Condition (a minijinja expression); the step is skipped when it is false.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Retry policy for failed or timed-out attempts.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    /// Whether the run goes on after this step fails.
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+/// When and how often a failed step is attempted again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Wait before the first retry, in ms; doubles for each further retry.
+    pub backoff_ms: u64,
+    /// Longest wait between attempts, in ms.
+    pub max_backoff_ms: u64,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next` (2 for the first retry), in ms.
+    pub fn backoff_before(&self, next: u32) -> u64 {
+        let doublings = next.saturating_sub(2).min(32);
+        self.backoff_ms.saturating_mul(1u64 << doublings).min(self.max_backoff_ms)
+    }
 }
 
 /// The actions a step can run.
@@ -537,11 +565,57 @@ fn validate_step(
         }
     };
     let scope = TemplateScope { params, earlier, current: &step.id };
+    if let Some(expr) = &step.when {
+        if let Err(e) = crate::template::environment().compile_expression(expr) {
+            diags.value(&field("when"), format!("expected a condition expression: {e}"));
+            ok = false;
+        } else {
+            ok &= scope.check(&field("when"), &format!("{{{{ {expr} }}}}"), diags);
+        }
+    }
+    let retry = match step.retry {
+        None => None,
+        Some(r) => {
+            let mut duration = |key: &str, value: Option<&str>, default: u64| match value.map(parse_duration) {
+                None => default,
+                Some(Ok(ms)) => ms,
+                Some(Err(message)) => {
+                    diags.value(&join_key(&field("retry"), key), message);
+                    ok = false;
+                    default
+                }
+            };
+            let backoff_ms = duration("backoff", r.backoff.as_deref(), 1_000);
+            let max_backoff_ms = duration("max_backoff", r.max_backoff.as_deref(), 300_000);
+            if !(2..=100).contains(&r.attempts) {
+                let found = r.attempts;
+                diags.value(
+                    &join_key(&field("retry"), "attempts"),
+                    format!("expected 2 to 100 attempts, found {found}"),
+                );
+                ok = false;
+            }
+            if max_backoff_ms < backoff_ms {
+                diags.value(&join_key(&field("retry"), "max_backoff"), "expected max_backoff to be at least backoff");
+                ok = false;
+            }
+            Some(RetryPolicy { attempts: r.attempts, backoff_ms, max_backoff_ms })
+        }
+    };
+    let continue_on_error = step.on_error == Some(file::OnErrorFile::Continue);
     let action = match step.action {
         ActionType::Exec => validate_exec(&field("with"), step.with, &scope, diags),
     };
     let action = action?;
-    ok.then_some(Step { id: step.id, action, timeout_ms, idempotent: step.idempotent })
+    ok.then_some(Step {
+        id: step.id,
+        action,
+        timeout_ms,
+        idempotent: step.idempotent,
+        when: step.when,
+        retry,
+        continue_on_error,
+    })
 }
 
 fn validate_exec(

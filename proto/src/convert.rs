@@ -88,6 +88,7 @@ fn step_state_to_pb(s: StepState) -> pb::StepState {
         StepState::Failed => pb::StepState::Failed,
         StepState::Cancelled => pb::StepState::Cancelled,
         StepState::Lost => pb::StepState::Lost,
+        StepState::Skipped => pb::StepState::Skipped,
     }
 }
 
@@ -100,6 +101,7 @@ fn step_state_from_pb(v: i32) -> Result<StepState, ConvertError> {
         pb::StepState::Failed => StepState::Failed,
         pb::StepState::Cancelled => StepState::Cancelled,
         pb::StepState::Lost => StepState::Lost,
+        pb::StepState::Skipped => StepState::Skipped,
     })
 }
 
@@ -141,6 +143,8 @@ fn step_to_pb(s: &StepRun) -> pb::StepRun {
         error: opt(&s.error),
         started_at_ms: s.started_at_ms,
         finished_at_ms: s.finished_at_ms,
+        not_before_ms: s.not_before_ms,
+        failure_tolerated: s.failure_tolerated,
     }
 }
 
@@ -203,6 +207,8 @@ fn step_from_pb(s: pb::StepRun) -> Result<StepRun, ConvertError> {
         error: non_empty(s.error),
         started_at_ms: s.started_at_ms,
         finished_at_ms: s.finished_at_ms,
+        not_before_ms: s.not_before_ms,
+        failure_tolerated: s.failure_tolerated,
     })
 }
 

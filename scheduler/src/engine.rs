@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use baton_core::command::Op;
 use baton_core::run::{Run, StepState};
 use baton_core::runbook::Action;
-use baton_core::template::render_exec;
+use baton_core::template::{eval_condition, render_exec};
 
 use crate::fsm::{State, next_step};
 
@@ -175,6 +175,9 @@ impl Engine {
             let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
             if let Op::Assign { worker, .. } = &op {
                 self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
+            } else if let Op::SkipStep { .. } = &op {
+                // Frees no capacity and takes none; remember it like a render failure.
+                self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
             } else {
                 self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
             }
@@ -204,6 +207,20 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             error: format!("runbook {} version {} has no such step", run.runbook, run.version),
         });
     };
+    if run.steps[si].not_before_ms > view.now_ms {
+        // A retry waiting out its backoff.
+        return None;
+    }
+    if let Some(expr) = &spec.when {
+        match eval_condition(expr, &template_context(run)) {
+            Ok(true) => {}
+            Ok(false) => {
+                let reason = format!("skipped: `when: {expr}` is false");
+                return Some(Op::SkipStep { run_id: run.id.clone(), step_id, reason });
+            }
+            Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
+        }
+    }
     // Least-loaded worker with free capacity; ties go to the earliest registered. Chosen
     // before rendering: with every worker busy, waiting runs cost nothing per decision.
     let worker = view

@@ -189,6 +189,7 @@ impl State {
                 self.attempt_finished(now, attempt_id, result, &mut fx)
             }
             Op::CancelRun { run_id, reason } => self.cancel_run(now, &run_id, reason, &mut fx),
+            Op::SkipStep { run_id, step_id, reason } => self.skip_step(now, &run_id, &step_id, reason, &mut fx),
         };
         (reply, fx)
     }
@@ -393,6 +394,10 @@ impl State {
     }
 
     fn assign(&mut self, now: i64, a: Assignment, fx: &mut Vec<Effect>) -> Reply {
+        if !self.active_runs.contains(&a.run_id) {
+            // Ended, or waiting for an operator: nothing more is assigned.
+            return Reply::Done;
+        }
         let Some(run) = self.runs.get_mut(&a.run_id) else {
             return Reply::Rejected(format!("run {:?} does not exist", a.run_id));
         };
@@ -431,6 +436,9 @@ impl State {
     }
 
     fn render_failed(&mut self, now: i64, run_id: &str, step_id: &str, error: String, fx: &mut Vec<Effect>) -> Reply {
+        if !self.active_runs.contains(run_id) {
+            return Reply::Done;
+        }
         let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
         let Some(si) = next_step(run) else { return Reply::Done };
         let step = &mut run.steps[si];
@@ -440,10 +448,57 @@ impl State {
         step.state = StepState::Failed;
         step.error = Some(format!("could not render inputs: {error}"));
         step.finished_at_ms = now;
-        let msg = format!("step {step_id} failed: could not render inputs: {error}");
-        self.finish_run(run_id, RunState::Failed, Some(msg), now);
+        let tolerated = self.spec_of(run_id, si).is_some_and(|s| s.continue_on_error);
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        if tolerated {
+            run.steps[si].failure_tolerated = true;
+            self.settle(run_id, now);
+        } else {
+            let msg = format!("step {step_id} failed: could not render inputs: {error}");
+            self.finish_run(run_id, RunState::Failed, Some(msg), now);
+        }
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
+    }
+
+    fn skip_step(&mut self, now: i64, run_id: &str, step_id: &str, reason: String, fx: &mut Vec<Effect>) -> Reply {
+        if !self.active_runs.contains(run_id) {
+            return Reply::Done;
+        }
+        let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
+        let Some(si) = next_step(run) else { return Reply::Done };
+        let step = &mut run.steps[si];
+        if step.id != step_id || step.state != StepState::Pending || !step.attempts.is_empty() {
+            return Reply::Done;
+        }
+        step.state = StepState::Skipped;
+        step.error = Some(reason);
+        step.started_at_ms = now;
+        step.finished_at_ms = now;
+        if run.state == RunState::Pending {
+            run.state = RunState::Running;
+            run.started_at_ms = now;
+        }
+        self.settle(run_id, now);
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    /// The runbook step behind step `si` of a run (from the version the run is pinned to).
+    fn spec_of(&self, run_id: &str, si: usize) -> Option<&baton_core::runbook::Step> {
+        let run = self.runs.get(run_id)?;
+        self.runbook_of(run)?.steps.get(si)
+    }
+
+    /// Ends a run whose steps are all done (succeeded, skipped, or failed with the failure
+    /// tolerated) as succeeded; otherwise leaves it be.
+    fn settle(&mut self, run_id: &str, now: i64) {
+        let done = self.runs.get(run_id).is_some_and(|r| {
+            !r.state.is_terminal() && r.steps.iter().all(|s| s.state.is_done() || s.failure_tolerated)
+        });
+        if done {
+            self.finish_run(run_id, RunState::Succeeded, None, now);
+        }
     }
 
     fn attempt_started(&mut self, now: i64, attempt_id: u64, fx: &mut Vec<Effect>) -> Reply {
@@ -469,10 +524,10 @@ impl State {
             }
             return Reply::Done;
         };
-        let idempotent = {
-            let run = &self.runs[&run_id];
-            self.runbook_of(run).and_then(|rb| rb.steps.get(si)).is_some_and(|s| s.idempotent)
-        };
+        let spec = self.spec_of(&run_id, si).cloned();
+        let idempotent = spec.as_ref().is_some_and(|s| s.idempotent);
+        let retry = spec.as_ref().and_then(|s| s.retry);
+        let tolerated = spec.as_ref().is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
         let cancel_requested = run.cancel_requested;
         let step = &mut run.steps[si];
@@ -516,20 +571,31 @@ impl State {
                     _ => r.error.clone().unwrap_or_else(|| "failed".into()),
                 };
                 step.error = r.error.or_else(|| Some(what.clone()));
-                (StepState::Failed, Some((RunState::Failed, Some(format!("step {step_id} {what}")))))
+                let made = step.attempts.len() as u32;
+                match retry {
+                    // Retried by policy: a new attempt after the backoff.
+                    Some(policy) if made < policy.attempts && !cancel_requested => {
+                        step.not_before_ms = now.saturating_add(policy.backoff_before(made + 1) as i64);
+                        (StepState::Pending, None)
+                    }
+                    _ if tolerated => {
+                        step.failure_tolerated = true;
+                        (StepState::Failed, None)
+                    }
+                    _ => (StepState::Failed, Some((RunState::Failed, Some(format!("step {step_id} {what}"))))),
+                }
             }
         };
         step.state = step_state;
         if step_state != StepState::Pending {
             step.finished_at_ms = now;
         }
-        let all_done = run.steps.iter().all(|s| s.state == StepState::Succeeded);
         if let Some((state, error)) = run_end {
             self.finish_run(&run_id, state, error, now);
         } else if cancel_requested {
             self.finish_run(&run_id, RunState::Cancelled, Some("cancelled".into()), now);
-        } else if all_done {
-            self.finish_run(&run_id, RunState::Succeeded, None, now);
+        } else {
+            self.settle(&run_id, now);
         }
         fx.push(Effect::RunChanged(run_id));
         fx.push(Effect::AckResult { worker, attempt_id });
@@ -637,9 +703,10 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
     }
 }
 
-/// The first step of a run that has not succeeded: the one to work on next.
+/// The run's current step: the first one that is pending or running (steps run in order;
+/// done, skipped and tolerated-failed steps are behind it).
 pub fn next_step(run: &Run) -> Option<usize> {
-    run.steps.iter().position(|s| s.state != StepState::Succeeded)
+    run.steps.iter().position(|s| matches!(s.state, StepState::Pending | StepState::Running))
 }
 
 fn new_run(
@@ -854,6 +921,93 @@ steps:
         s.apply(7, 1, cmd(6, Op::AttemptLost { attempt_id: 5, reason: "gone".into() }));
         assert_eq!(s.runs["r1"].state, RunState::Cancelled);
         assert_eq!(s.runs["r1"].steps[1].state, StepState::Lost);
+    }
+
+    #[test]
+    fn retries_follow_the_policy_then_the_failure_counts() {
+        let mut s = State::default();
+        let text = "name: r\nsteps:\n  - id: one\n    action: exec\n    retry: { attempts: 2, backoff: 1s }\n    with: { command: [\"false\"] }\n  - id: two\n    action: exec\n    on_error: continue\n    with: { command: [\"false\"] }\n";
+        s.apply(1, 1, cmd(0, Op::ApplyRunbook { runbook: Runbook::parse("r.yaml", text).unwrap() }));
+        let op =
+            Op::StartRun { run_id: "r1".into(), runbook: "r".into(), params: BTreeMap::new(), idempotency_key: None };
+        s.apply(2, 1, cmd(0, op));
+        let assign_at = |s: &mut State, index: u64, step: &str, at: i64| {
+            let op = Op::Assign {
+                run_id: "r1".into(),
+                step_id: step.into(),
+                worker: "w1".into(),
+                argv: vec!["false".into()],
+                env: BTreeMap::new(),
+                workdir: None,
+                timeout_ms: None,
+            };
+            s.apply(index, 1, cmd(at, op));
+        };
+        let fail = |s: &mut State, index: u64, attempt_id: u64, at: i64| {
+            let op = Op::AttemptFinished {
+                attempt_id,
+                state: AttemptState::Failed,
+                exit_code: Some(1),
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+                outputs: BTreeMap::new(),
+                error: None,
+            };
+            s.apply(index, 1, cmd(at, op));
+        };
+        assign_at(&mut s, 3, "one", 10);
+        fail(&mut s, 4, 3, 20);
+        let step = &s.runs["r1"].steps[0];
+        assert_eq!((step.state, step.not_before_ms), (StepState::Pending, 1_020), "retry after the backoff");
+        assign_at(&mut s, 5, "one", 1_100);
+        fail(&mut s, 6, 5, 1_200);
+        // Out of attempts: the run fails; step two never starts.
+        assert_eq!(s.runs["r1"].state, RunState::Failed);
+        assert_eq!(s.runs["r1"].steps[0].attempts.len(), 2);
+        assert_eq!(s.runs["r1"].steps[1].state, StepState::Pending);
+        // A second run whose first step succeeds: step two fails but the run succeeds.
+        let op =
+            Op::StartRun { run_id: "r2".into(), runbook: "r".into(), params: BTreeMap::new(), idempotency_key: None };
+        s.apply(7, 1, cmd(0, op));
+        let assign2 = Op::Assign {
+            run_id: "r2".into(),
+            step_id: "one".into(),
+            worker: "w1".into(),
+            argv: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_ms: None,
+        };
+        s.apply(8, 1, cmd(0, assign2));
+        s.apply(
+            9,
+            1,
+            cmd(
+                0,
+                Op::AttemptFinished {
+                    attempt_id: 8,
+                    state: AttemptState::Succeeded,
+                    exit_code: Some(0),
+                    stdout_tail: String::new(),
+                    stderr_tail: String::new(),
+                    outputs: BTreeMap::new(),
+                    error: None,
+                },
+            ),
+        );
+        let assign3 = Op::Assign {
+            run_id: "r2".into(),
+            step_id: "two".into(),
+            worker: "w1".into(),
+            argv: vec![],
+            env: BTreeMap::new(),
+            workdir: None,
+            timeout_ms: None,
+        };
+        s.apply(10, 1, cmd(0, assign3));
+        fail(&mut s, 11, 10, 30);
+        assert_eq!(s.runs["r2"].state, RunState::Succeeded);
+        assert!(s.runs["r2"].steps[1].failure_tolerated);
     }
 
     #[test]

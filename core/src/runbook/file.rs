@@ -124,8 +124,46 @@ pub(crate) struct StepFile {
     /// safe to retry automatically.
     #[serde(default)]
     pub idempotent: bool,
+    /// Run the step only when this expression (minijinja, over `params`, earlier `steps` and
+    /// `run`) is true, e.g. `not params.dry_run` or `steps.check.outputs.healthy == "no"`;
+    /// otherwise the step is `skipped`.
+    #[serde(default)]
+    pub when: Option<String>,
+    /// Retry a failed or timed-out attempt: `{ attempts: 3, backoff: 2s, max_backoff: 30s }`.
+    /// Each retry is a new attempt; the backoff doubles from `backoff` up to `max_backoff`.
+    #[serde(default)]
+    pub retry: Option<RetryFile>,
+    /// What a failure of this step (after its retries) does to the run: `fail` (the default)
+    /// ends the run as failed; `continue` records the failure and goes on with the next step.
+    #[serde(default)]
+    pub on_error: Option<OnErrorFile>,
     /// The action's inputs.
     pub with: ExecWithFile,
+}
+
+/// Retry policy of a step.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Retry", rename = "Retry")]
+pub(crate) struct RetryFile {
+    /// Attempts in all, the first included (2 to 100).
+    pub attempts: u32,
+    /// Wait before the first retry (default 1s); doubles for each further retry.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Longest wait between attempts (default 5m).
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+}
+
+/// What a step's failure does to its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnErrorFile {
+    /// The run fails (default).
+    Fail,
+    /// The run goes on with the next step.
+    Continue,
 }
 
 /// Actions a step can run.

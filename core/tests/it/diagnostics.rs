@@ -45,7 +45,7 @@ fn unknown_key_points_at_the_key_and_lists_allowed_keys() {
         5,
         5,
         "steps[0].bogus",
-        "unknown key `bogus`, expected one of id, action, timeout, idempotent, with",
+        "unknown key `bogus`, expected one of id, action, timeout, idempotent, when, retry, on_error, with",
     );
 }
 

@@ -4,5 +4,6 @@ mod cluster;
 mod crash;
 mod deploy;
 mod e2e;
+mod language;
 mod membership;
 mod restart;

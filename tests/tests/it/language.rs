@@ -1,0 +1,67 @@
+//! Step control in real runs: `when`, `retry` with backoff, `on_error: continue`.
+
+use baton_tests::{Dev, scratch_library};
+
+const FLAKY: &str = r#"
+name: flaky
+params:
+  marker: { type: string, required: true }
+  dry_run: { type: bool, default: true }
+steps:
+  - id: flaky
+    action: exec
+    retry: { attempts: 3, backoff: 200ms }
+    with:
+      command: ["sh", "-c", "if [ -f \"$M\" ]; then echo second-time; exit 0; fi; touch \"$M\"; echo first-time >&2; exit 1"]
+      env: { M: "{{ params.marker }}" }
+  - id: optional
+    action: exec
+    on_error: continue
+    with: { command: ["sh", "-c", "echo optional broke >&2; exit 4"] }
+  - id: destructive
+    action: exec
+    when: "not params.dry_run"
+    with: { command: ["echo", "deleting things"] }
+  - id: report
+    action: exec
+    with:
+      command: ["echo", "optional={{ steps.optional.status }} destructive={{ steps.destructive.status }}"]
+"#;
+
+#[test]
+fn when_retry_and_on_error_continue_in_a_real_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("flaky.yaml", FLAKY)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    let marker = format!("marker={}", tmp.path().join("marker").display());
+    let run = dev.json(&["run", "start", "flaky", "-p", &marker, "--wait"]);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let steps = run["steps"].as_array().unwrap();
+    // Retried by policy: two attempts, the first failed.
+    let attempts = steps[0]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{run:#}");
+    assert_eq!(attempts[0]["state"], "failed");
+    assert_eq!(attempts[1]["state"], "succeeded");
+    assert!(attempts[1]["assigned_at_ms"].as_i64().unwrap() >= attempts[0]["finished_at_ms"].as_i64().unwrap() + 200);
+    // A tolerated failure, a skipped step, and a later step that saw both.
+    assert_eq!(steps[1]["state"], "failed");
+    assert_eq!(steps[1]["failure_tolerated"], true);
+    assert_eq!(steps[2]["state"], "skipped");
+    assert!(steps[2]["attempts"].as_array().unwrap().is_empty());
+    assert_eq!(steps[3]["stdout_tail"], "optional=failed destructive=skipped\n", "{run:#}");
+
+    // Not a dry run: the condition holds and the step runs.
+    std::fs::remove_file(tmp.path().join("marker")).unwrap();
+    let run = dev.json(&["run", "start", "flaky", "-p", &marker, "-p", "dry_run=false", "--wait"]);
+    assert_eq!(run["steps"][2]["state"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][2]["stdout_tail"], "deleting things\n");
+
+    // Bad control fields are rejected with their location.
+    let bad = tmp.path().join("bad.yaml");
+    let text = FLAKY.replace("attempts: 3", "attempts: 1").replace("not params.dry_run", "params.nope");
+    std::fs::write(&bad, text).unwrap();
+    let out = dev.cli(&["runbook", "lint", bad.to_str().unwrap()]);
+    assert!(!out.ok(), "{out}");
+    assert!(out.stderr.contains("steps[0].retry.attempts"), "{out}");
+    assert!(out.stderr.contains("steps[2].when"), "{out}");
+}
