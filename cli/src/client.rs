@@ -99,6 +99,24 @@ pub enum RunbookCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// List every version of a runbook (each apply that changed it), oldest first.
+    Versions {
+        /// Runbook name.
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show what changed between two versions of a runbook (hashes or unique prefixes).
+    Diff {
+        /// Runbook name.
+        name: String,
+        /// The older version.
+        from: String,
+        /// The newer version (default: the current one).
+        to: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Check documents locally, without a server.
     Lint {
         /// Files to check.
@@ -486,7 +504,7 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
         }
         RunbookCommand::Show { name, opts } => {
             let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
-            let r = client.get(req(&opts, pb::GetRunbookRequest { name })).await?.into_inner();
+            let r = client.get(req(&opts, pb::GetRunbookRequest { name, version: String::new() })).await?.into_inner();
             if opts.output == OutputFormat::Json {
                 print_json(&runbook_json(&r))?;
             } else {
@@ -538,6 +556,48 @@ pub async fn runbook(cmd: RunbookCommand) -> anyhow::Result<ExitCode> {
             }
             if opts.output == OutputFormat::Json {
                 print_json(&results)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Versions { name, opts } => {
+            let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
+            let list = client.versions(req(&opts, pb::RunbookVersionsRequest { name })).await?.into_inner().versions;
+            if opts.output == OutputFormat::Json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|v| serde_json::json!({"version": v.version, "applied_at_ms": v.applied_at_ms, "current": v.current}))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.clone(),
+                            time(v.applied_at_ms),
+                            if v.current { "*".into() } else { String::new() },
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["VERSION", "APPLIED", "CURRENT"], &rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunbookCommand::Diff { name, from, to, opts } => {
+            let mut client = pb::runbook_service_client::RunbookServiceClient::new(channel(&opts).await?);
+            let old =
+                client.get(req(&opts, pb::GetRunbookRequest { name: name.clone(), version: from })).await?.into_inner();
+            let new = client
+                .get(req(&opts, pb::GetRunbookRequest { name, version: to.unwrap_or_default() }))
+                .await?
+                .into_inner();
+            let diff = crate::render::line_diff(&old.source, &new.source);
+            if opts.output == OutputFormat::Json {
+                print_json(&serde_json::json!({"from": old.version, "to": new.version, "diff": diff}))?;
+            } else {
+                println!("--- {} {}", old.name, old.version);
+                println!("+++ {} {}", new.name, new.version);
+                print!("{diff}");
             }
             Ok(ExitCode::SUCCESS)
         }

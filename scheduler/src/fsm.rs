@@ -48,6 +48,9 @@ pub struct RunbookEntry {
     pub versions: BTreeMap<String, Runbook>,
     /// When the current version was applied.
     pub applied_at_ms: i64,
+    /// Every apply that changed the runbook, oldest first: (version, when).
+    #[serde(default)]
+    pub history: Vec<(String, i64)>,
 }
 
 impl RunbookEntry {
@@ -225,10 +228,12 @@ impl State {
             current: version.clone(),
             versions: BTreeMap::new(),
             applied_at_ms: now,
+            history: Vec::new(),
         });
         let changed = entry.current != version || entry.versions.is_empty();
         if changed {
             entry.applied_at_ms = now;
+            entry.history.push((version.clone(), now));
         }
         entry.current = version.clone();
         entry.versions.entry(version.clone()).or_insert(runbook);

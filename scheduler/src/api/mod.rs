@@ -201,7 +201,26 @@ impl Api {
 }
 
 fn runbook_to_pb(entry: &crate::fsm::RunbookEntry) -> pb::Runbook {
-    let rb = entry.current();
+    version_to_pb(entry, entry.current())
+}
+
+/// A version of a runbook, found by its hash or a unique prefix.
+fn find_version<'a>(entry: &'a crate::fsm::RunbookEntry, version: &str) -> Result<&'a baton_core::Runbook, ApiError> {
+    if let Some(rb) = entry.versions.get(version) {
+        return Ok(rb);
+    }
+    let matches: Vec<&baton_core::Runbook> =
+        entry.versions.iter().filter(|(v, _)| v.starts_with(version)).map(|(_, rb)| rb).collect();
+    match matches[..] {
+        [one] => Ok(one),
+        [] => Err(ApiError::NotFound(format!("runbook {} has no version {version:?}", entry.current().name))),
+        _ => Err(ApiError::invalid("version", format!("{version:?} matches several versions; give more of the hash"))),
+    }
+}
+
+fn version_to_pb(entry: &crate::fsm::RunbookEntry, rb: &baton_core::Runbook) -> pb::Runbook {
+    let applied_at_ms =
+        entry.history.iter().rev().find(|(v, _)| *v == rb.version).map_or(entry.applied_at_ms, |(_, t)| *t);
     pb::Runbook {
         name: rb.name.clone(),
         description: rb.description.clone(),
@@ -232,7 +251,7 @@ fn runbook_to_pb(entry: &crate::fsm::RunbookEntry) -> pb::Runbook {
                 description: p.description.clone(),
             })
             .collect(),
-        applied_at_ms: entry.applied_at_ms,
+        applied_at_ms,
     }
 }
 
@@ -245,11 +264,42 @@ impl pb::runbook_service_server::RunbookService for Api {
 
     async fn get(&self, req: Request<pb::GetRunbookRequest>) -> Result<Response<pb::Runbook>, Status> {
         self.read_barrier(&req).await?;
+        let req = req.into_inner();
+        let found = self.node.read(|s| {
+            let entry = s
+                .runbooks
+                .get(&req.name)
+                .ok_or_else(|| ApiError::NotFound(format!("runbook {:?} does not exist", req.name)))?;
+            if req.version.is_empty() {
+                return Ok(runbook_to_pb(entry));
+            }
+            find_version(entry, &req.version).map(|rb| version_to_pb(entry, rb))
+        });
+        Ok(Response::new(found?))
+    }
+
+    async fn versions(
+        &self,
+        req: Request<pb::RunbookVersionsRequest>,
+    ) -> Result<Response<pb::RunbookVersionsResponse>, Status> {
+        self.read_barrier(&req).await?;
         let name = req.into_inner().name;
-        self.node
-            .read(|s| s.runbooks.get(&name).map(runbook_to_pb))
-            .map(Response::new)
-            .ok_or_else(|| ApiError::NotFound(format!("runbook {name:?} does not exist")).into())
+        let versions = self.node.read(|s| {
+            let entry =
+                s.runbooks.get(&name).ok_or_else(|| ApiError::NotFound(format!("runbook {name:?} does not exist")))?;
+            Ok::<_, ApiError>(
+                entry
+                    .history
+                    .iter()
+                    .map(|(v, at)| pb::RunbookVersion {
+                        version: v.clone(),
+                        applied_at_ms: *at,
+                        current: *v == entry.current,
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok(Response::new(pb::RunbookVersionsResponse { versions }))
     }
 
     async fn list(&self, req: Request<pb::ListRunbooksRequest>) -> Result<Response<pb::ListRunbooksResponse>, Status> {

@@ -65,3 +65,35 @@ fn when_retry_and_on_error_continue_in_a_real_run() {
     assert!(out.stderr.contains("steps[0].retry.attempts"), "{out}");
     assert!(out.stderr.contains("steps[2].when"), "{out}");
 }
+
+#[test]
+fn every_changed_apply_is_a_version_and_runs_stay_pinned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = "name: pinned\nsteps:\n  - id: one\n    action: exec\n    with: { command: [\"sleep\", \"1\"] }\n";
+    let lib = scratch_library(tmp.path(), &[("pinned.yaml", v1)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    let first = dev.json(&["run", "start", "pinned"]);
+    let file = tmp.path().join("v2.yaml");
+    std::fs::write(&file, v1.replace("[\"sleep\", \"1\"]", "[\"echo\", \"two\"]")).unwrap();
+    assert!(dev.cli(&["runbook", "apply", "-f", file.to_str().unwrap()]).ok());
+    // Applying the same text again is not a new version.
+    assert!(dev.cli(&["runbook", "apply", "-f", file.to_str().unwrap()]).stdout.contains("unchanged"));
+    let versions = dev.json(&["runbook", "versions", "pinned"]);
+    let versions = versions.as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(versions[1]["current"], true);
+    let (old, new) = (versions[0]["version"].as_str().unwrap(), versions[1]["version"].as_str().unwrap());
+    // The run started before the change finishes on the version it started with.
+    let done =
+        dev.wait_run(first["id"].as_str().unwrap(), std::time::Duration::from_secs(30), |r| r["state"] == "succeeded");
+    assert_eq!(done["version"], old);
+    assert_eq!(done["steps"][0]["attempts"][0]["argv"][0], "sleep");
+    let second = dev.json(&["run", "start", "pinned", "--wait"]);
+    assert_eq!(second["version"], new);
+    let diff = dev.cli(&["runbook", "diff", "pinned", &old[..8], new]);
+    assert!(diff.ok(), "{diff}");
+    assert!(diff.stdout.contains("- ") && diff.stdout.contains("sleep"), "{diff}");
+    assert!(diff.stdout.contains("+ ") && diff.stdout.contains("echo"), "{diff}");
+    let missing = dev.cli(&["runbook", "diff", "pinned", "ffffffff"]);
+    assert!(!missing.ok() && missing.stderr.contains("no version"), "{missing}");
+}
