@@ -132,6 +132,17 @@ fn subscript_step_regex() -> &'static regex::Regex {
     })
 }
 
+/// Evaluates a step's `when` condition over the run's context.
+pub fn eval_condition(expr: &str, ctx: &serde_json::Value) -> Result<bool, TemplateError> {
+    let env = environment();
+    let compiled =
+        env.compile_expression(expr).map_err(|e| TemplateError { field: "when".into(), message: e.to_string() })?;
+    let value = compiled
+        .eval(minijinja::Value::from(minijinja::value::Serde(ctx)))
+        .map_err(|e| TemplateError { field: "when".into(), message: e.to_string() })?;
+    Ok(value.is_true())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,15 +179,4 @@ mod tests {
         let out = render_exec(&exec(&["{{ params.a }}\n"]), &json!({"params": {"a": "<&>"}})).unwrap();
         assert_eq!(out.argv, ["<&>\n"]);
     }
-}
-
-/// Evaluates a step's `when` condition over the run's context.
-pub fn eval_condition(expr: &str, ctx: &serde_json::Value) -> Result<bool, TemplateError> {
-    let env = environment();
-    let compiled =
-        env.compile_expression(expr).map_err(|e| TemplateError { field: "when".into(), message: e.to_string() })?;
-    let value = compiled
-        .eval(minijinja::Value::from(minijinja::value::Serde(ctx)))
-        .map_err(|e| TemplateError { field: "when".into(), message: e.to_string() })?;
-    Ok(value.is_true())
 }
