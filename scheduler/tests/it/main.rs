@@ -1,4 +1,5 @@
 //! baton-scheduler's integration tests: the store conformance suite and whole nodes in-process.
 
 mod node;
+mod sim;
 mod store;
