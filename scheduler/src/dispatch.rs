@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use baton_core::command::{Command, Op};
 use baton_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::api::now_ms;
 use crate::engine::WorkerSlot;
 use crate::fsm::Effect;
 use crate::raft::{NodeHandle, Role};
@@ -29,6 +31,8 @@ struct Session {
     connected_at_ms: i64,
     /// The applied index when it registered: assignments at or below it are not sent.
     registered_at_index: u64,
+    /// The attempts it reported running when it registered.
+    reported_running: std::collections::HashSet<u64>,
 }
 
 /// Workers connected to this node, by id. At most one session per worker id: a newer one
@@ -49,6 +53,7 @@ impl Workers {
         id: &str,
         tx: SessionTx,
         closed: CancellationToken,
+        reported_running: std::collections::HashSet<u64>,
         capacity: u32,
         labels: BTreeMap<String, String>,
         now_ms: i64,
@@ -60,8 +65,16 @@ impl Workers {
             *n += 1;
             *n
         };
-        let session =
-            Session { no, closed, tx, capacity, labels, connected_at_ms: now_ms, registered_at_index: applied_index };
+        let session = Session {
+            no,
+            closed,
+            tx,
+            capacity,
+            labels,
+            connected_at_ms: now_ms,
+            registered_at_index: applied_index,
+            reported_running,
+        };
         if let Some(old) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session) {
             // A worker has one session: the newer one wins.
             old.closed.cancel();
@@ -80,6 +93,15 @@ impl Workers {
             self.order.lock().unwrap_or_else(|e| e.into_inner()).retain(|w| w != id);
             self.departed.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), now_ms);
         }
+    }
+
+    /// Whether worker `worker` has a session that registered before `attempt_id` was applied
+    /// and did not report it running: an assignment it cannot have received.
+    pub fn never_received(&self, worker: &str, attempt_id: u64) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(worker)
+            .is_some_and(|s| s.registered_at_index < attempt_id && !s.reported_running.contains(&attempt_id))
     }
 
     /// Ends every session (this node stopped leading): the workers reconnect, follow the
@@ -157,8 +179,26 @@ pub async fn run_effects(
             Effect::RunChanged(id) => {
                 let _ = run_changes.send(id);
             }
-            // Only assignments this leader made in its own term: one committed under an older
-            // leader may already have reached its worker, and is reconciled instead.
+            // Only assignments this leader made in its own term are sent: one committed under an
+            // older leader may already have reached its worker, and is reconciled instead.
+            // An assignment of an earlier term, applied here after its worker registered with
+            // this leader and not reported running then: it was never delivered (its leader
+            // lost office before sending it) and never will be. Its outcome is known: it did
+            // not run; it is declared lost so the step is decided by policy, not left waiting.
+            Effect::Dispatch(a)
+                if leader && a.fence.term < status.term && workers.never_received(&a.worker, a.attempt_id) =>
+            {
+                let node = node.clone();
+                let op = Op::AttemptLost {
+                    attempt_id: a.attempt_id,
+                    reason: format!("assigned in term {} and never delivered to worker {}", a.fence.term, a.worker),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
+                        tracing::debug!("declaring an undelivered attempt lost: {e}");
+                    }
+                });
+            }
             Effect::Dispatch(a) if leader && a.fence.term == status.term => {
                 let id = a.attempt_id;
                 let worker = a.worker.clone();

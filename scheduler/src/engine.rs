@@ -260,6 +260,30 @@ pub fn template_context(run: &Run) -> serde_json::Value {
     })
 }
 
+/// The attempt is active and assigned to `worker`: reports about it from that worker count.
+pub fn holds(state: &State, worker: &str, attempt_id: u64) -> bool {
+    state.active_attempts.get(&attempt_id).is_some_and(|(run_id, si)| {
+        state.runs[run_id].steps[*si].active_attempt().is_some_and(|a| a.id == attempt_id && a.worker == worker)
+    })
+}
+
+/// Attempts a (re)registering worker runs that it should stop: already resolved (for example
+/// declared lost), assigned to another worker, or of a run being cancelled. An id this node
+/// has not applied yet is left alone: it may be a valid assignment this node is behind on.
+pub fn to_stop(state: &State, worker: &str, running: &[u64]) -> Vec<u64> {
+    running
+        .iter()
+        .copied()
+        .filter(|id| match state.active_attempts.get(id) {
+            None => *id <= state.applied_index,
+            Some((run_id, si)) => {
+                let run = &state.runs[run_id];
+                run.cancel_requested || run.steps[*si].active_attempt().is_none_or(|a| a.worker != worker)
+            }
+        })
+        .collect()
+}
+
 /// Reconciles what a (re)connecting worker reports with the replicated state: attempts the
 /// state says it holds but that it neither runs nor has a result for are lost.
 pub fn reconcile(state: &State, worker: &str, running: &[u64], reported: &[u64]) -> Vec<Op> {

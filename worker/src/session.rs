@@ -103,23 +103,33 @@ async fn send(m: &Shared, msg: pb::worker_message::Msg) {
 pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(!config.servers.is_empty(), "no scheduler address given");
     let memory: Shared = Arc::default();
+    // Every server is tried in turn, 50 ms apart; only after a whole round failed does the
+    // worker back off (100 ms doubling to 1 s). A failover therefore costs the worker about
+    // one election, not a long backoff: its running attempts must be reported to the new
+    // leader within the leader's grace period.
     let mut backoff = Duration::from_millis(100);
     let mut next_server = 0;
+    let mut failed_in_round = 0;
     let mut hint: Option<String> = None;
     loop {
         let server = hint.take().unwrap_or_else(|| {
             next_server += 1;
             config.servers[(next_server - 1) % config.servers.len()].clone()
         });
+        let mut registered = false;
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
-            r = session(&config, &server, &memory) => r,
+            r = session(&config, &server, &memory, &mut registered) => r,
         };
         lock(&memory).out = None;
-        match result {
+        if registered {
+            backoff = Duration::from_millis(100);
+            failed_in_round = 0;
+        }
+        let wait = match result {
             Ok(()) => {
                 tracing::info!(server, "session ended; reconnecting");
-                backoff = Duration::from_millis(100);
+                Duration::from_millis(50)
             }
             Err(e) => {
                 // A follower names the leader: go there at once.
@@ -128,14 +138,23 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
                     hint = Some(if addr.contains("://") { addr } else { format!("http://{addr}") });
                     continue;
                 }
-                tracing::warn!(server, "session failed: {e:#}; retrying in {backoff:?}");
+                failed_in_round += 1;
+                if failed_in_round < config.servers.len() {
+                    tracing::debug!(server, "session failed: {e:#}; trying the next server");
+                    Duration::from_millis(50)
+                } else {
+                    tracing::warn!(server, "session failed: {e:#}; retrying in {backoff:?}");
+                    failed_in_round = 0;
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    wait
+                }
             }
-        }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
     for token in lock(&memory).running.values() {
         token.cancel();
@@ -151,7 +170,7 @@ fn leader_hint(e: &anyhow::Error) -> Option<String> {
 }
 
 /// One session: returns when the stream ends or fails.
-async fn session(config: &WorkerConfig, server: &str, memory: &Shared) -> anyhow::Result<()> {
+async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registered: &mut bool) -> anyhow::Result<()> {
     // HTTP/2 keepalives notice a dead server or a cut network even while nothing is sent.
     let channel = Endpoint::from_shared(server.to_string())?
         .connect_timeout(Duration::from_secs(5))
@@ -191,6 +210,7 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared) -> anyhow
                 let msg = msg?;
                 match msg.msg {
                     Some(pb::server_message::Msg::Registered(r)) => {
+                        *registered = true;
                         tracing::info!(server, term = r.term, "registered with the cluster");
                         let mut m = lock(memory);
                         m.max_term = m.max_term.max(r.term);

@@ -70,9 +70,10 @@ impl Api {
         let reply = loop {
             match tokio::time::timeout_at(deadline, self.propose_anywhere(&cmd)).await {
                 Ok(Ok(reply)) => break reply,
-                Ok(Err(ApiError::NotLeader { .. } | ApiError::Unavailable(_)))
+                Ok(Err(e @ (ApiError::NotLeader { .. } | ApiError::Unavailable(_))))
                     if tokio::time::Instant::now() < deadline =>
                 {
+                    tracing::info!(op = cmd.op.name(), "proposing again: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Ok(Err(e)) => return Err(e),

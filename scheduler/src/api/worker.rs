@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, ApiError, now_ms};
-use crate::engine::reconcile;
+use crate::engine::{holds, reconcile, to_stop};
 use crate::raft::Role;
 use crate::store::OutputChunk;
 
@@ -105,6 +105,7 @@ impl Api {
                 &worker,
                 tx.clone(),
                 closed.clone(),
+                register.running_attempts.iter().copied().collect(),
                 register.capacity,
                 register.labels.clone().into_iter().collect(),
                 now_ms(),
@@ -224,11 +225,7 @@ impl Api {
 
     /// The attempt is active and assigned to `worker`.
     fn holds(&self, worker: &str, attempt_id: u64) -> bool {
-        self.node.read(|s| {
-            s.active_attempts.get(&attempt_id).is_some_and(|(run_id, si)| {
-                s.runs[run_id].steps[*si].active_attempt().is_some_and(|a| a.id == attempt_id && a.worker == worker)
-            })
-        })
+        self.node.read(|s| holds(s, worker, attempt_id))
     }
 
     /// A result from `worker` may be committed: the attempt is its own, or already resolved
@@ -274,22 +271,6 @@ impl Api {
             Err(e) => tracing::error!("storing output: {e}"),
         }
     }
-}
-
-/// Attempts a worker reports running that it should stop: no longer active for it in the
-/// replicated state (already declared lost), or of a run being cancelled.
-fn to_stop(state: &crate::fsm::State, worker: &str, running: &[u64]) -> Vec<u64> {
-    running
-        .iter()
-        .copied()
-        .filter(|id| match state.active_attempts.get(id) {
-            None => true,
-            Some((run_id, si)) => {
-                let run = &state.runs[run_id];
-                run.cancel_requested || run.steps[*si].active_attempt().is_none_or(|a| a.worker != worker)
-            }
-        })
-        .collect()
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

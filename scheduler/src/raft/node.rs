@@ -47,8 +47,9 @@ impl Default for NodeConfig {
 /// Hands Raft messages to peers. Sending never blocks the loop; a message that cannot be
 /// sent is dropped (Raft retransmits) and the peer is reported unreachable.
 pub trait Transport: Send + 'static {
-    /// Queues messages for their recipients.
-    fn send(&mut self, msgs: Vec<Message>);
+    /// Queues messages for their recipients; returns the peers whose snapshot message it had
+    /// to drop (Raft must hear of it, or it waits for that snapshot forever).
+    fn send(&mut self, msgs: Vec<Message>) -> Vec<u64>;
     /// A member was added (with its address) or removed (`None`).
     fn set_peer(&mut self, _id: u64, _address: Option<String>) {}
 }
@@ -57,10 +58,11 @@ pub trait Transport: Send + 'static {
 pub struct NoPeers;
 
 impl Transport for NoPeers {
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, msgs: Vec<Message>) -> Vec<u64> {
         for m in msgs {
             tracing::debug!(to = m.to, "dropping a raft message: no peers configured");
         }
+        Vec::new()
     }
 }
 
@@ -542,7 +544,9 @@ impl Loop {
 
     fn send(&mut self, msgs: Vec<Message>) {
         if !msgs.is_empty() {
-            self.transport.send(msgs);
+            for to in self.transport.send(msgs) {
+                self.raw.report_snapshot(to, SnapshotStatus::Failure);
+            }
         }
     }
 

@@ -112,19 +112,25 @@ impl Transport for PeerTransport {
         }
     }
 
-    fn send(&mut self, msgs: Vec<Message>) {
+    fn send(&mut self, msgs: Vec<Message>) -> Vec<u64> {
+        let mut failed_snapshots = Vec::new();
         for m in msgs {
             let Some((q, _)) = self.queues.get(&m.to) else {
                 tracing::warn!(to = m.to, "no address for raft peer; dropping message");
                 continue;
             };
+            let (to, snapshot) = (m.to, m.get_msg_type() == MessageType::MsgSnapshot);
             if q.try_send(m).is_err() {
+                if snapshot {
+                    failed_snapshots.push(to);
+                }
                 self.dropped += 1;
                 if self.dropped.is_power_of_two() {
                     tracing::warn!(dropped = self.dropped, "peer queue full; dropping raft messages");
                 }
             }
         }
+        failed_snapshots
     }
 }
 
@@ -163,8 +169,13 @@ async fn peer_sender(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<Me
                     logged = true;
                 }
                 node.report_unreachable(to);
-                // Drop what queued up meanwhile: Raft resends what still matters.
-                while rx.try_recv().is_ok() {}
+                // Drop what queued up meanwhile: Raft resends what still matters, and learns
+                // that a dropped snapshot did not arrive.
+                while let Ok(m) = rx.try_recv() {
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        node.report_snapshot(to, false);
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;

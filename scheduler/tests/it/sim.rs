@@ -35,7 +35,7 @@
 //!
 //! After healing it also checks liveness: every worker is connected to the leader, and every
 //! active attempt is known to its worker or will be declared lost. Those findings are printed
-//! (`sim: liveness: ...`) and fail the run only with `BATON_SIM_STRICT=1`.
+//! (`sim: liveness: ...`) and fail the run (`BATON_SIM_STRICT=0` only prints them).
 //!
 //! Not modelled: membership changes, ReadIndex reads, output streams, attempt timeouts, and the
 //! seconds a real session takes to notice a cut network (here both ends notice at once).
@@ -49,7 +49,7 @@ use std::time::Instant;
 use baton_core::command::{Command, Op};
 use baton_core::run::{AttemptState, RunState, StepState, Trigger};
 use baton_core::{Runbook, Schedule};
-use baton_scheduler::engine::{Engine, View, WorkerSlot, reconcile};
+use baton_scheduler::engine::{Engine, View, WorkerSlot, holds, reconcile, to_stop};
 use baton_scheduler::fsm::{Assignment, Effect, Reply, State};
 use baton_scheduler::store::{MemStore, Persist, RaftStorage, Store};
 use raft::StateRole;
@@ -396,14 +396,17 @@ struct Out {
 struct Registry {
     /// Worker id -> (session number, capacity, applied index when it registered).
     sessions: BTreeMap<String, (u64, u32, u64)>,
+    /// Worker id -> attempts it reported running when it registered.
+    reported: BTreeMap<String, Vec<u64>>,
     order: Vec<String>,
     next_no: u64,
     departed: HashMap<String, i64>,
 }
 
 impl Registry {
-    fn register(&mut self, id: &str, capacity: u32, applied_index: u64) -> u64 {
+    fn register(&mut self, id: &str, capacity: u32, applied_index: u64, running: &[u64]) -> u64 {
         self.departed.remove(id);
+        self.reported.insert(id.to_string(), running.to_vec());
         self.next_no += 1;
         self.sessions.insert(id.to_string(), (self.next_no, capacity, applied_index));
         self.order.retain(|w| w != id);
@@ -923,7 +926,7 @@ impl Sim {
             self.step();
         }
         self.check_final();
-        if std::env::var_os("BATON_SIM_STRICT").is_some() {
+        if std::env::var("BATON_SIM_STRICT").map_or(true, |v| v != "0") {
             for l in self.liveness.clone() {
                 self.check.anomaly(format!("liveness: {l}"));
             }
@@ -1025,6 +1028,15 @@ impl Sim {
     }
 
     fn route(&mut self, n: usize, out: Out) {
+        // `Workers::close_all`: a node that does not lead keeps no worker sessions.
+        if self.nodes[n].live.as_ref().is_some_and(|l| !l.is_leader()) {
+            for w in 0..self.workers.len() {
+                if self.workers[w].session.is_some_and(|(node, _)| node == n) {
+                    self.trace(|| format!("node {} no longer leads: closing the session of worker {}", n + 1, w));
+                    self.close_session(w);
+                }
+            }
+        }
         self.stats.dispatch_suppressed += out.dispatch_suppressed;
         if out.became_leader {
             let term = self.nodes[n].live.as_ref().map_or(0, |l| l.raw.raft.term);
@@ -1053,6 +1065,18 @@ impl Sim {
                 self.trace(|| {
                     format!("node {} does not send attempt {} of term {}", n + 1, a.attempt_id, a.fence.term)
                 });
+                // `Workers::never_received`: its worker registered here before it was applied
+                // and did not report it running: declare it lost (as `run_effects` does).
+                let never = self.nodes[n].live.as_ref().is_some_and(|live| {
+                    live.registry.sessions.get(&a.worker).is_some_and(|s| {
+                        s.2 < a.attempt_id
+                            && !live.registry.reported.get(&a.worker).is_some_and(|r| r.contains(&a.attempt_id))
+                    })
+                });
+                if a.fence.term < term && never {
+                    let reason = format!("assigned in term {} and never delivered", a.fence.term);
+                    self.call(n, Op::AttemptLost { attempt_id: a.attempt_id, reason }, Caller::Worker);
+                }
                 return;
             }
             Effect::CancelAttempt { worker, attempt_id } => (worker, ToWorker::Cancel(attempt_id), None),
@@ -1087,13 +1111,14 @@ impl Sim {
             let reachable = self.nodes[to].live.is_some() && !self.cut.contains(&(from, to));
             if !reachable {
                 self.stats.msgs_dropped += 1;
-                if is_snapshot {
-                    // raft-rs leaves the peer in its Snapshot state until a report or a new leader.
-                    self.stats.snapshots_dropped_unreported += 1;
-                    self.trace(|| format!("snapshot {}->{} dropped without a report", from + 1, to + 1));
-                }
                 if let Some(live) = self.nodes[from].live.as_mut() {
                     live.raw.report_unreachable(msg.to);
+                    if is_snapshot {
+                        // The sender task drains its queue after a failed connect and reports a
+                        // dropped snapshot as failed, so raft-rs sends another.
+                        live.raw.report_snapshot(msg.to, raft::SnapshotStatus::Failure);
+                        self.trace(|| format!("snapshot {}->{} dropped and reported", from + 1, to + 1));
+                    }
                 }
                 continue;
             }
@@ -1526,7 +1551,7 @@ impl Sim {
         let running: Vec<u64> = worker.running.keys().copied().collect();
         let reported: Vec<u64> = worker.unacked.keys().copied().collect();
         let live = self.nodes[n].live.as_mut().expect("checked above");
-        let no = live.registry.register(&worker.id, WORKER_CAPACITY, live.state.applied_index);
+        let no = live.registry.register(&worker.id, WORKER_CAPACITY, live.state.applied_index, &running);
         let lost = reconcile(&live.state, &worker.id, &running, &reported);
         let stop = to_stop(&live.state, &worker.id, &running);
         let results: Vec<Op> = worker
@@ -1808,28 +1833,6 @@ fn describe_fault(kind: &FaultKind) -> String {
         FaultKind::WorkerDown(w) => format!("worker w{} down", w + 1),
         FaultKind::WorkerIsolated(w) => format!("worker w{} isolated", w + 1),
     }
-}
-
-/// `Api::holds` (private there): the attempt is active and assigned to `worker`.
-fn holds(state: &State, worker: &str, attempt_id: u64) -> bool {
-    state.active_attempts.get(&attempt_id).is_some_and(|(run_id, si)| {
-        state.runs[run_id].steps[*si].active_attempt().is_some_and(|a| a.id == attempt_id && a.worker == worker)
-    })
-}
-
-/// `api::worker::to_stop` (private there): attempts a worker runs that it should not.
-fn to_stop(state: &State, worker: &str, running: &[u64]) -> Vec<u64> {
-    running
-        .iter()
-        .copied()
-        .filter(|id| match state.active_attempts.get(id) {
-            None => true,
-            Some((run_id, si)) => {
-                let run = &state.runs[run_id];
-                run.cancel_requested || run.steps[*si].active_attempt().is_none_or(|a| a.worker != worker)
-            }
-        })
-        .collect()
 }
 
 fn finished(attempt_id: u64, state: AttemptState, error: Option<String>) -> Op {
