@@ -46,6 +46,9 @@ pub struct Runbook {
     pub version: String,
     /// The YAML text this runbook was parsed from.
     pub source: String,
+    /// At most this many runs at once (oldest waiting run first); `None`: no limit.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
 }
 
 /// One step of a runbook.
@@ -432,6 +435,11 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
             steps.push(step);
         }
     }
+    if let Some(n) = parsed.concurrency
+        && !(1..=10_000).contains(&n)
+    {
+        diags.value("concurrency", format!("expected 1 to 10000 runs at once, found {n}"));
+    }
     Runbook {
         name: parsed.name,
         description: parsed.description,
@@ -439,6 +447,7 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
         steps,
         version: content_version(text),
         source: text.to_string(),
+        concurrency: parsed.concurrency,
     }
 }
 

@@ -55,6 +55,22 @@ pub(crate) struct ScheduleFile {
     /// What the schedule is for.
     #[serde(default)]
     pub description: String,
+    /// What a tick does while this schedule's previous run is still going: `allow_all` (the
+    /// default) starts another run; `skip` starts none and records the tick as missed.
+    #[serde(default)]
+    pub overlap: Option<Overlap>,
+}
+
+/// A schedule's overlap policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Every tick starts a run, however many are still going.
+    #[default]
+    AllowAll,
+    /// A tick while a run of this schedule is still going starts nothing; it is recorded as
+    /// a missed tick.
+    Skip,
 }
 
 /// A validated schedule.
@@ -74,6 +90,9 @@ pub struct Schedule {
     pub description: String,
     /// The YAML text this schedule was parsed from.
     pub source: String,
+    /// What a tick does while a previous run of this schedule is still going.
+    #[serde(default)]
+    pub overlap: Overlap,
 }
 
 impl Schedule {
@@ -111,6 +130,7 @@ impl Schedule {
             params: parsed.params,
             description: parsed.description,
             source: text.to_string(),
+            overlap: parsed.overlap.unwrap_or_default(),
         })
     }
 

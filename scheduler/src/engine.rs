@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use baton_core::command::Op;
-use baton_core::run::{Run, StepState};
+use baton_core::run::{Run, RunState, StepState};
 use baton_core::runbook::Action;
 use baton_core::template::{eval_condition, render_exec};
 
@@ -160,19 +160,42 @@ impl Engine {
         let free = |load: &BTreeMap<String, u32>| {
             view.workers.iter().any(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
         };
-        for run_id in &state.active_runs {
+        // Oldest run first, so waiting runs are served in the order they were triggered.
+        let mut order: Vec<(i64, &String)> =
+            state.active_runs.iter().filter_map(|id| state.runs.get(id).map(|r| (r.created_at_ms, id))).collect();
+        order.sort();
+        // Runs started per runbook (for `concurrency`), counting starts in flight.
+        let mut started: HashMap<&str, u32> = HashMap::new();
+        for (_, id) in &order {
+            let run = &state.runs[*id];
+            if run.state != RunState::Pending || self.assigning.keys().any(|(r, _, _)| r == *id) {
+                *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+            }
+        }
+        for (_, run_id) in order {
             if !free(&load) {
                 break;
             }
             let Some((si, attempts)) = pending_step(state, run_id) else { continue };
+            let run = &state.runs[run_id];
+            if run.state == RunState::Pending && !self.assigning.keys().any(|(r, _, _)| r == run_id) {
+                let limit = state.runbook_of(run).and_then(|rb| rb.concurrency);
+                let n = started.get(run.runbook.as_str()).copied().unwrap_or(0);
+                if limit.is_some_and(|l| n >= l) {
+                    // At its runbook's concurrency limit: waits for a run to end.
+                    continue;
+                }
+            }
             let key = (run_id.clone(), si, attempts);
             if self.assigning.contains_key(&key)
                 || self.inflight.contains_key(&format!("render:{run_id}:{si}:{attempts}"))
             {
                 continue;
             }
-            let run = &state.runs[run_id];
             let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
+            if run.state == RunState::Pending && matches!(op, Op::Assign { .. } | Op::SkipStep { .. }) {
+                *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+            }
             if let Op::Assign { worker, .. } = &op {
                 self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
             } else if let Op::SkipStep { .. } = &op {

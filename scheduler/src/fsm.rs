@@ -331,6 +331,23 @@ impl State {
         }
         let schedule = s.schedule.clone();
         let run_id = Run::scheduled_id(name, tick_ms);
+        if schedule.overlap == baton_core::schedule::Overlap::Skip
+            && let Some(busy) = self
+                .active_runs
+                .iter()
+                .find(|id| matches!(&self.runs[*id].trigger, Trigger::Schedule { name: n, .. } if n == name))
+        {
+            // overlap: skip — the tick starts nothing, and says so.
+            let mut record = missed_record(name, &schedule.runbook, tick_ms, tick_ms, 1, now);
+            record.error = Some(format!("skipped: run {busy} of this schedule is still going (overlap: skip)"));
+            let s = self.schedules.get_mut(name).expect("checked above");
+            s.last_tick_ms = Some(tick_ms);
+            s.next_fire_at_ms = schedule.next_after(tick_ms);
+            s.ticks_missed += 1;
+            let id = record.id.clone();
+            self.insert_run(index, record, fx);
+            return Reply::Run { run_id: id, deduplicated: false };
+        }
         if self.runs.contains_key(&run_id) {
             // This tick already made its run (under an earlier definition): move on.
             let s = self.schedules.get_mut(name).expect("checked above");

@@ -55,6 +55,11 @@ pub(crate) struct RunbookFile {
     /// The steps, run one after the other; at least one.
     #[schemars(length(min = 1))]
     pub steps: Vec<StepFile>,
+    /// At most this many runs of this runbook run at once, whatever started them; further
+    /// runs wait, oldest first. Default: no limit.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
+    pub concurrency: Option<u32>,
 }
 
 /// Declaration of one parameter.

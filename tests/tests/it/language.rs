@@ -97,3 +97,57 @@ fn every_changed_apply_is_a_version_and_runs_stay_pinned() {
     let missing = dev.cli(&["runbook", "diff", "pinned", "ffffffff"]);
     assert!(!missing.ok() && missing.stderr.contains("no version"), "{missing}");
 }
+
+#[test]
+fn concurrency_limits_runs_and_overlap_skip_records_skipped_ticks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one_at_a_time = "name: serial\nconcurrency: 1\nsteps:\n  - id: work\n    action: exec\n    with: { command: [\"sleep\", \"0.5\"] }\n";
+    let slow = "name: slow\nsteps:\n  - id: work\n    action: exec\n    with: { command: [\"sleep\", \"2.5\"] }\n";
+    let every_second = "schedule: busy\nrunbook: slow\ncron: \"* * * * * *\"\noverlap: skip\n";
+    let lib = scratch_library(
+        tmp.path(),
+        &[("serial.yaml", one_at_a_time), ("slow.yaml", slow), ("busy.yaml", every_second)],
+    );
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+
+    // Three runs triggered at once run one after the other, in trigger order.
+    let ids: Vec<String> =
+        (0..3).map(|_| dev.json(&["run", "start", "serial"])["id"].as_str().unwrap().to_string()).collect();
+    let runs: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| dev.wait_run(id, std::time::Duration::from_secs(60), |r| r["state"] == "succeeded"))
+        .collect();
+    for pair in runs.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            b["started_at_ms"].as_i64().unwrap() >= a["finished_at_ms"].as_i64().unwrap(),
+            "runs overlapped despite concurrency 1: {a:#} {b:#}"
+        );
+    }
+
+    // A schedule whose run outlasts its interval: ticks in between are skipped and recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let list = dev.json(&["run", "list", "--runbook", "slow", "--limit", "100"]);
+        let list = list.as_array().unwrap();
+        let skipped = list.iter().filter(|r| r["state"] == "missed").count();
+        let fired: Vec<&serde_json::Value> = list.iter().filter(|r| r["state"] != "missed").collect();
+        if skipped >= 2 && fired.len() >= 2 {
+            for r in list.iter().filter(|r| r["state"] == "missed") {
+                assert!(r["error"].as_str().unwrap().contains("overlap: skip"), "{r:#}");
+            }
+            // Never two runs of the schedule at once.
+            let mut spans: Vec<(i64, i64)> = fired
+                .iter()
+                .map(|r| (r["created_at_ms"].as_i64().unwrap(), r["finished_at_ms"].as_i64().unwrap()))
+                .collect();
+            spans.sort();
+            for w in spans.windows(2) {
+                assert!(w[0].1 != 0 && w[1].0 >= w[0].1, "overlapping scheduled runs: {spans:?}");
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no skipped ticks yet: {list:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
