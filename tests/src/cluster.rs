@@ -2,7 +2,12 @@
 //!
 //! Nodes keep their ports and data directories across kill -9 and restart, so a test can
 //! crash any node and bring it back; `stop`/`cont` send SIGSTOP/SIGCONT.
+//!
+//! [`Cluster::start_with`] takes [`ClusterOptions`]: fixed gRPC addresses, the address each node
+//! dials for each peer (so a fault-injecting proxy can sit on every directed link, see
+//! `crate::nemesis`), extra `baton server` arguments and the worker grace period.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,23 +27,58 @@ pub struct Node {
     /// Data directory.
     pub data_dir: PathBuf,
     peers: Vec<String>,
+    /// More `baton server` arguments, passed to every start.
+    extra: Vec<String>,
+    log_filter: String,
     child: Option<Child>,
+    spawns: u32,
 }
 
 impl Node {
-    fn spawn(&mut self, extra: &[String]) {
-        let log = std::fs::OpenOptions::new()
+    fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process and waits until it says it is listening. A start that loses a port
+    /// race (the killed process's port not yet free) is retried for a few seconds.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.spawn_once(deadline) {
+                Ok(()) => return Ok(()),
+                Err((_, log)) if log.contains("Address already in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((why, log)) => {
+                    let tail: String = {
+                        let lines: Vec<&str> = log.lines().collect();
+                        lines[lines.len().saturating_sub(40)..].join("\n")
+                    };
+                    return Err(format!("node {} did not start ({why}); the end of its log:\n{tail}", self.id));
+                }
+            }
+        }
+    }
+
+    fn spawn_once(&mut self, deadline: Instant) -> Result<(), (String, String)> {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .expect("log file");
+        self.spawns += 1;
+        let _ = writeln!(log, "=== baton-tests: start {} of node {}", self.spawns, self.id);
+        let log_start = log.seek(SeekFrom::End(0)).unwrap_or(0) as usize;
         let mut cmd = Command::new(baton_bin());
         cmd.args(["server", "--id", &self.id.to_string(), "--data-dir"])
             .arg(&self.data_dir)
-            .args(["--grpc", &self.addr, "--http", &self.http, "--worker-grace-secs", "3"])
+            .args(["--grpc", &self.addr, "--http", &self.http])
             .args(&self.peers)
-            .args(extra)
-            .env("BATON_LOG", "info,raft=warn,sled=warn,h2=warn,tower=warn")
+            .args(&self.extra)
+            .env("BATON_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(log);
         let mut child = cmd.spawn().expect("spawn baton server");
@@ -49,15 +89,25 @@ impl Node {
                 let _ = tx.send(line);
             }
         });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains("listening") => {}
-            other => {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
-                panic!("node {} did not start ({other:?}); its log:\n{log}", self.id);
+        let why = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("listening") => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => break "not listening in time".to_string(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    break format!("exited before it was listening ({status})");
+                }
             }
-        }
-        self.child = Some(child);
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let all = std::fs::read(self.data_dir.with_extension("log")).unwrap_or_default();
+        let log = String::from_utf8_lossy(&all[log_start.min(all.len())..]).into_owned();
+        Err((why, log))
     }
 
     /// Whether the process is running (not killed).
@@ -87,6 +137,38 @@ impl Node {
     }
 }
 
+/// How [`Cluster::start_with`] sets up the nodes.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Number of nodes (ids 1..=n).
+    pub nodes: u64,
+    /// gRPC listen address of each node, by index (default: free loopback ports).
+    pub addrs: Option<Vec<String>>,
+    /// The address node `from` dials to reach node `to`, keyed `(from, to)` (default: `to`'s
+    /// gRPC address). Pointing it at a proxy puts the proxy on that directed link.
+    pub peer_addrs: BTreeMap<(u64, u64), String>,
+    /// `--worker-grace-secs` of every node.
+    pub worker_grace_secs: u64,
+    /// More `baton server` arguments for every node (e.g. `--snapshot-every 500`).
+    pub server_args: Vec<String>,
+    /// `BATON_LOG` of every node.
+    pub log_filter: String,
+}
+
+impl ClusterOptions {
+    /// `n` nodes on free ports, dialing each other directly, worker grace 3 s.
+    pub fn new(n: u64) -> ClusterOptions {
+        ClusterOptions {
+            nodes: n,
+            addrs: None,
+            peer_addrs: BTreeMap::new(),
+            worker_grace_secs: 3,
+            server_args: Vec::new(),
+            log_filter: "info,raft=warn,sled=warn,h2=warn,tower=warn".into(),
+        }
+    }
+}
+
 /// A cluster of nodes and workers.
 pub struct Cluster {
     /// The nodes, by index (node id = index + 1).
@@ -98,26 +180,51 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` nodes that know each other, each in `dir/nN`.
     pub fn start(dir: &Path, n: u64) -> Cluster {
-        let addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        Cluster::start_with(dir, &ClusterOptions::new(n))
+    }
+
+    /// Starts the nodes `opts` describes, each in `dir/nN`.
+    pub fn start_with(dir: &Path, opts: &ClusterOptions) -> Cluster {
+        let n = opts.nodes;
+        let addrs: Vec<String> = match &opts.addrs {
+            Some(a) => {
+                assert_eq!(a.len() as u64, n, "one address per node");
+                a.clone()
+            }
+            None => (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect(),
+        };
         let mut nodes = Vec::new();
         for id in 1..=n {
             let peers = (1..=n)
                 .filter(|p| *p != id)
-                .flat_map(|p| ["--peer".to_string(), format!("{p}={}", addrs[(p - 1) as usize])])
+                .flat_map(|p| {
+                    let addr = opts.peer_addrs.get(&(id, p)).unwrap_or(&addrs[(p - 1) as usize]);
+                    ["--peer".to_string(), format!("{p}={addr}")]
+                })
                 .collect();
+            let mut extra = vec!["--worker-grace-secs".to_string(), opts.worker_grace_secs.to_string()];
+            extra.extend(opts.server_args.iter().cloned());
             nodes.push(Node {
                 id,
                 addr: addrs[(id - 1) as usize].clone(),
                 http: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.join(format!("n{id}")),
                 peers,
+                extra,
+                log_filter: opts.log_filter.clone(),
                 child: None,
+                spawns: 0,
             });
         }
         for node in &mut nodes {
-            node.spawn(&[]);
+            node.spawn();
         }
         Cluster { nodes, workers: Vec::new(), dir: dir.to_path_buf() }
+    }
+
+    /// The directory the nodes and workers keep their data and logs in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// All gRPC addresses, comma-separated (for `baton worker --server`).
@@ -127,9 +234,16 @@ impl Cluster {
 
     /// Starts a worker connected to the cluster.
     pub fn add_worker(&mut self, id: &str, capacity: u32) {
+        self.add_worker_with_env(id, capacity, &[]);
+    }
+
+    /// Starts a worker connected to the cluster, with more environment variables (its steps
+    /// inherit them).
+    pub fn add_worker_with_env(&mut self, id: &str, capacity: u32, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.join(format!("{id}.log"))).expect("worker log");
         let child = Command::new(baton_bin())
             .args(["worker", "--id", id, "--capacity", &capacity.to_string(), "--server", &self.addrs()])
+            .envs(env.iter().copied())
             .env("BATON_LOG", "info,h2=warn,tower=warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -142,7 +256,25 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) {
         let node = &mut self.nodes[(id - 1) as usize];
         node.kill9();
-        node.spawn(&[]);
+        node.spawn();
+    }
+
+    /// Restarts node `id` (1-based), reporting a failed start (with the end of its log)
+    /// instead of panicking.
+    pub fn try_restart(&mut self, id: u64) -> Result<(), String> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.kill9();
+        node.try_spawn()
+    }
+
+    /// SIGSTOP to node `id`: it stays in the process table but does nothing.
+    pub fn stop(&self, id: u64) {
+        self.nodes[(id - 1) as usize].signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT to node `id`.
+    pub fn cont(&self, id: u64) {
+        self.nodes[(id - 1) as usize].signal(libc::SIGCONT);
     }
 
     /// Runs a client command against node `id`.

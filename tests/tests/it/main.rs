@@ -1,5 +1,7 @@
 //! End-to-end tests over real `baton dev` processes, driven through the CLI and gRPC.
 
+mod bench;
+mod campaign;
 mod cluster;
 mod crash;
 mod deploy;
