@@ -64,6 +64,11 @@ pub enum RunCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Approve the approval step a run waits on.
+    Approve(DecideArgs),
+    /// Deny the approval step a run waits on: the step fails (and with it the run, unless the
+    /// step has `on_error: continue`).
+    Deny(DecideArgs),
     /// Cancel a run: pending steps never start, running ones are stopped.
     Cancel {
         /// Run id.
@@ -74,6 +79,24 @@ pub enum RunCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+}
+
+/// Options of `baton run approve` and `baton run deny`.
+#[derive(clap::Args, Debug)]
+pub struct DecideArgs {
+    /// Run id.
+    pub id: String,
+    /// The approval step (default: the one the run waits on).
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Why (recorded with the decision).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Who decides [default: $BATON_PRINCIPAL, else $USER].
+    #[arg(long = "as", env = "BATON_PRINCIPAL")]
+    pub principal: Option<String>,
+    #[command(flatten)]
+    pub opts: ClientOpts,
 }
 
 /// `baton runbook ...`
@@ -135,6 +158,8 @@ pub enum ScheduleCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Print when a cron expression would fire, as the scheduler fires it (no server needed).
+    Preview(crate::preview::PreviewArgs),
 }
 
 /// `baton cluster ...`
@@ -316,6 +341,8 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        RunCommand::Approve(args) => decide(args, true).await,
+        RunCommand::Deny(args) => decide(args, false).await,
         RunCommand::Cancel { id, reason, opts } => {
             let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
             let run = run_from_pb(client.cancel(pb::CancelRunRequest { id, reason }).await?.into_inner())?;
@@ -328,6 +355,57 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `baton run approve|deny`.
+async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
+    let DecideArgs { id, step, reason, principal, opts } = args;
+    let principal = principal
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|p| !p.is_empty())
+        .context("say who decides: --as NAME (or set BATON_PRINCIPAL)")?;
+    let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+    let request = pb::DecideRequest { run_id: id, step_id: step.unwrap_or_default(), principal, reason };
+    let run = if approve { client.approve(request).await } else { client.deny(request).await }?.into_inner();
+    let run = run_from_pb(run)?;
+    if opts.output == OutputFormat::Json {
+        print_json(&run)?;
+    } else {
+        let decided = run
+            .steps
+            .iter()
+            .filter(|s| !s.decisions.is_empty())
+            .max_by_key(|s| s.decisions.iter().map(|d| d.at_ms).max().unwrap_or(0));
+        match decided {
+            Some(s) if s.state == StepState::Waiting => {
+                let approvals = s.decisions.iter().filter(|d| d.approve).count();
+                let needed = s.approval.as_ref().map_or(1, |a| a.min_approvals);
+                println!("run {}: step {} has {approvals} of {needed} approvals; still waiting", run.id, s.id);
+            }
+            Some(s) => {
+                println!("run {}: step {} {}; the run is {}", run.id, s.id, s.state.as_str(), run.state.as_str())
+            }
+            None => println!("run {} is {}", run.id, run.state.as_str()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a waiting step waits for, in one line: the approval question or the sleep's end.
+fn waiting_text(step: &baton_core::run::StepRun) -> String {
+    let until = time(step.deadline_ms);
+    match &step.approval {
+        Some(a) => {
+            let approvals = step.decisions.iter().filter(|d| d.approve).count();
+            format!(
+                "waiting for approval ({approvals}/{} from {}; denied at {until}): {}",
+                a.min_approvals,
+                a.approvers.join(", "),
+                a.prompt
+            )
+        }
+        None => format!("sleeping until {until}"),
     }
 }
 
@@ -359,6 +437,7 @@ async fn follow(
                         println!("  ▸ {:<20} running   attempt {} on worker {}", step.id, a.number, a.worker);
                     }
                 }
+                StepState::Waiting => println!("  … {:<20} {}", step.id, waiting_text(step)),
                 state => {
                     let mark = if state == StepState::Succeeded { "✓" } else { "✗" };
                     let code = step.exit_code.map(|c| format!("exit {c}")).unwrap_or_default();
@@ -470,6 +549,17 @@ fn describe(run: &Run) -> String {
                 a.worker,
                 a.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default()
             ));
+        }
+        if s.state == StepState::Waiting {
+            out.push_str(&format!("\n{} {}", s.id, waiting_text(s)));
+        }
+        for d in &s.decisions {
+            let what = if d.approve { "approved" } else { "denied" };
+            let why = if d.reason.is_empty() { String::new() } else { format!(": {}", d.reason) };
+            out.push_str(&format!("\n{} {what} by {} via {} at {}{why}", s.id, d.principal, d.via, time(d.at_ms)));
+        }
+        if let Some(e) = s.error.as_ref().filter(|_| s.attempts.is_empty()) {
+            out.push_str(&format!("\n{} {e}", s.id));
         }
         for (k, v) in &s.outputs {
             out.push_str(&format!("\n{} output {k} = {v}", s.id));
@@ -655,7 +745,10 @@ fn runbook_json(r: &pb::Runbook) -> serde_json::Value {
 
 /// `baton schedule ...`
 pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
-    let ScheduleCommand::List { opts } = cmd;
+    let opts = match cmd {
+        ScheduleCommand::List { opts } => opts,
+        ScheduleCommand::Preview(args) => return crate::preview::preview(args),
+    };
     let mut client = pb::schedule_service_client::ScheduleServiceClient::new(channel(&opts).await?);
     let list = client.list(req(&opts, pb::ListSchedulesRequest {})).await?.into_inner().schedules;
     if opts.output == OutputFormat::Json {

@@ -32,6 +32,10 @@ pub struct DevArgs {
     /// Seconds a worker has to reconnect after a (re)start before its attempts are lost.
     #[arg(long, default_value_t = 5)]
     pub worker_grace_secs: u64,
+    /// An approver group, NAME=PRINCIPAL,PRINCIPAL... (repeatable); approval steps name it as
+    /// `group:NAME`.
+    #[arg(long = "group", value_parser = parse_group)]
+    pub groups: Vec<(String, Vec<String>)>,
 }
 
 /// `baton server` options. Every one can also come from `--config FILE` (TOML, same names
@@ -74,6 +78,10 @@ pub struct ServerArgs {
     /// wait to be added with `baton cluster join ID ADDR` (give the members as --peer).
     #[arg(long)]
     pub join: bool,
+    /// An approver group, NAME=PRINCIPAL,PRINCIPAL... (repeatable; in the file: `[groups]`
+    /// with `NAME = ["alice", "bob"]`). Approval steps name it as `group:NAME`.
+    #[arg(long = "group", value_parser = parse_group)]
+    pub groups: Vec<(String, Vec<String>)>,
 }
 
 /// The `--config` file of `baton server`.
@@ -101,6 +109,9 @@ struct ServerFile {
     /// Other members: "ID" = "HOST:PORT".
     #[serde(default)]
     peers: BTreeMap<String, String>,
+    /// Approver groups: NAME = ["principal", ...].
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
 }
 
 impl ServerArgs {
@@ -131,6 +142,13 @@ impl ServerArgs {
         config.advertise = self.advertise.or(file.advertise);
         config.join = self.join || file.join.unwrap_or(false);
         config.tick = std::time::Duration::from_millis(self.tick_ms.or(file.tick_ms).unwrap_or(100).max(10));
+        config.groups = file.groups;
+        for (name, members) in self.groups {
+            config.groups.insert(name, members);
+        }
+        for (name, members) in &config.groups {
+            check_group(name, members).map_err(|e| anyhow::anyhow!("group {name:?}: {e}"))?;
+        }
         let mut peers = Vec::new();
         for (k, v) in file.peers {
             peers
@@ -149,6 +167,29 @@ impl ServerArgs {
         }
         Ok(config)
     }
+}
+
+/// Parses `NAME=PRINCIPAL,PRINCIPAL...`.
+pub fn parse_group(s: &str) -> Result<(String, Vec<String>), String> {
+    let (name, members) = s.split_once('=').ok_or_else(|| format!("expected NAME=PRINCIPAL,..., got {s:?}"))?;
+    let members: Vec<String> = members.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
+    check_group(name, &members)?;
+    Ok((name.to_string(), members))
+}
+
+fn check_group(name: &str, members: &[String]) -> Result<(), String> {
+    let valid =
+        |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    if !valid(name) {
+        return Err(format!("group name {name:?} must be letters, digits, '.', '_', '@' or '-'"));
+    }
+    if members.is_empty() {
+        return Err(format!("group {name:?} has no members"));
+    }
+    if let Some(bad) = members.iter().find(|m| !valid(m)) {
+        return Err(format!("member {bad:?} of group {name:?} must be letters, digits, '.', '_', '@' or '-'"));
+    }
+    Ok(())
 }
 
 /// Parses `ID=ADDR`.
@@ -229,6 +270,7 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config.grpc_addr = args.grpc;
     config.http_addr = args.http;
     config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
+    config.groups = args.groups.iter().cloned().collect();
     let server = start(config).await?;
     let applied = if args.runbooks.is_dir() {
         apply_library(&server.api, &args.runbooks).await?

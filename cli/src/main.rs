@@ -3,6 +3,7 @@
 
 mod client;
 mod daemon;
+mod preview;
 mod render;
 
 use std::path::PathBuf;

@@ -136,6 +136,49 @@ pub enum Op {
         /// Operator's reason.
         reason: String,
     },
+    /// The run's next step is an approval or a sleep: it starts waiting, until `at_ms` plus
+    /// the sleep's duration or the approval's timeout.
+    OpenWait {
+        /// Run id.
+        run_id: String,
+        /// Step id.
+        step_id: String,
+        /// An approval's rendered question (empty for a sleep).
+        #[serde(default)]
+        prompt: String,
+    },
+    /// A waiting step's deadline passed: a sleep succeeds, an approval is denied.
+    WaitElapsed {
+        /// Run id.
+        run_id: String,
+        /// Step id.
+        step_id: String,
+    },
+    /// Someone approves or denies a waiting approval step.
+    Decide {
+        /// Run id.
+        run_id: String,
+        /// Step id; `None`: the step the run waits on.
+        step_id: Option<String>,
+        /// Who decides.
+        principal: String,
+        /// The groups the principal belongs to (resolved by the node that took the request).
+        groups: Vec<String>,
+        /// Approve (true) or deny.
+        approve: bool,
+        /// Why.
+        reason: String,
+        /// Where the decision came from: `api`, `slack`, `mattermost`.
+        via: String,
+        /// Unique per request, so a re-proposed decision is recognised and not refused.
+        #[serde(default)]
+        request_id: String,
+    },
+    /// The run's `timeout` passed: stop it and fail it.
+    TimeoutRun {
+        /// Run id.
+        run_id: String,
+    },
 }
 
 impl Op {
@@ -154,6 +197,10 @@ impl Op {
             Op::AttemptFinished { .. } => "attempt_finished",
             Op::AttemptLost { .. } => "attempt_lost",
             Op::CancelRun { .. } => "cancel_run",
+            Op::OpenWait { .. } => "open_wait",
+            Op::WaitElapsed { .. } => "wait_elapsed",
+            Op::Decide { .. } => "decide",
+            Op::TimeoutRun { .. } => "timeout_run",
         }
     }
 }

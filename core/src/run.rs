@@ -67,6 +67,8 @@ pub enum StepState {
     Lost,
     /// Its `when` condition was false: it did not run.
     Skipped,
+    /// An approval or sleep step the scheduler is waiting on (no worker is involved).
+    Waiting,
 }
 
 impl StepState {
@@ -85,6 +87,7 @@ impl StepState {
             StepState::Cancelled => "cancelled",
             StepState::Lost => "lost",
             StepState::Skipped => "skipped",
+            StepState::Waiting => "waiting",
         }
     }
 }
@@ -220,6 +223,45 @@ pub struct StepRun {
     /// It failed, and its runbook says the run goes on (`on_error: continue`).
     #[serde(default)]
     pub failure_tolerated: bool,
+    /// A waiting step ends then (unix ms; 0: not waiting): a sleep is over, an approval is
+    /// denied for lack of decisions.
+    #[serde(default)]
+    pub deadline_ms: i64,
+    /// Decisions on an approval step, in the order they were committed.
+    #[serde(default)]
+    pub decisions: Vec<Decision>,
+    /// An approval step's rendered question and who may answer it (set when it opens).
+    #[serde(default)]
+    pub approval: Option<ApprovalRequest>,
+}
+
+/// What an open approval step asks, and of whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// The rendered question.
+    pub prompt: String,
+    /// Principals and `group:` names who may decide.
+    pub approvers: Vec<String>,
+    /// How many approvals it needs.
+    pub min_approvals: u32,
+}
+
+/// One person's decision on an approval step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Who decided (the principal the request was made as).
+    pub principal: String,
+    /// Approved (true) or denied.
+    pub approve: bool,
+    /// Why, as given.
+    pub reason: String,
+    /// When the decision was committed (leader time).
+    pub at_ms: i64,
+    /// Where it came from: `api`, `slack`, `mattermost`...
+    pub via: String,
+    /// The request that made it (re-proposals of one request are applied once).
+    #[serde(default)]
+    pub request_id: String,
 }
 
 impl StepRun {
@@ -238,6 +280,9 @@ impl StepRun {
             finished_at_ms: 0,
             not_before_ms: 0,
             failure_tolerated: false,
+            deadline_ms: 0,
+            decisions: Vec::new(),
+            approval: None,
         }
     }
 
@@ -277,8 +322,12 @@ pub struct Run {
     pub idempotency_key: Option<String>,
     /// For a `missed` record: how many ticks it stands for.
     pub missed_ticks: u64,
-    /// An operator asked to cancel; running attempts are being stopped.
+    /// An operator asked to cancel (or the run's timeout passed); running attempts are being
+    /// stopped.
     pub cancel_requested: bool,
+    /// The run's own `timeout` passed: once stopped, it ends `failed`, not `cancelled`.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 impl Run {

@@ -28,7 +28,7 @@ use crate::schedule::Schedule;
 use crate::template::{self, RUN_CONTEXT_FIELDS, STEP_CONTEXT_FIELDS};
 pub use params::{ParamError, ParamKind, ParamSpec};
 
-use file::{ActionType, Argv, ExecWithFile, ParamFile, ParamType, RunbookFile, StepFile};
+use file::{ActionType, ApprovalFile, Argv, ExecWithFile, ParamFile, ParamType, RunbookFile, StepFile};
 use source_map::{Pos, SourceMap, join_key};
 
 /// A validated runbook, as stored in the replicated state and pinned by runs.
@@ -49,6 +49,9 @@ pub struct Runbook {
     /// At most this many runs at once (oldest waiting run first); `None`: no limit.
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Limit on the whole run in ms, counted from its creation; `None`: no limit.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One step of a runbook.
@@ -98,6 +101,41 @@ impl RetryPolicy {
 pub enum Action {
     /// Run a program with an argv list.
     Exec(ExecAction),
+    /// Wait for people to approve (carried out by the scheduler, not a worker).
+    Approval(ApprovalAction),
+    /// Wait a fixed time (carried out by the scheduler, not a worker).
+    Sleep(SleepAction),
+}
+
+impl Action {
+    /// `exec`, `approval` or `sleep`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Exec(_) => "exec",
+            Action::Approval(_) => "approval",
+            Action::Sleep(_) => "sleep",
+        }
+    }
+}
+
+/// An approval step's rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalAction {
+    /// Principals (`alice`) and groups (`group:sre-oncall`) who may decide.
+    pub approvers: Vec<String>,
+    /// How many different principals must approve.
+    pub min_approvals: u32,
+    /// How long to wait before the step is denied, in ms.
+    pub timeout_ms: u64,
+    /// What approvers are asked (a template); `None`: a generic question.
+    pub message: Option<String>,
+}
+
+/// A sleep step's duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SleepAction {
+    /// How long to wait, in ms.
+    pub duration_ms: u64,
 }
 
 /// Inputs of the `exec` action, still as templates.
@@ -220,7 +258,7 @@ impl Runbook {
         };
         let mut diags = Diagnostics::new(file, &map);
         for (i, step) in self.steps.iter().enumerate() {
-            let Action::Exec(exec) = &step.action;
+            let Action::Exec(exec) = &step.action else { continue };
             let is_shell = exec.command.first().is_some_and(|program| {
                 let base = program.rsplit('/').next().unwrap_or(program);
                 matches!(base, "sh" | "bash" | "dash" | "zsh" | "ksh" | "ash")
@@ -374,6 +412,12 @@ impl<'m, 'a> Diagnostics<'m, 'a> {
         self.push(pos, field, message.into());
     }
 
+    /// A key that `parent` lacks: located at the parent mapping, named `parent.key`.
+    pub(crate) fn missing(&mut self, parent: &str, key: &str, message: impl Into<String>) {
+        let pos = self.map.value_pos(parent);
+        self.push(pos, &join_key(parent, key), message.into());
+    }
+
     /// A problem with the key (name) of `field`.
     pub(crate) fn key(&mut self, field: &str, message: impl Into<String>) {
         let pos = self.map.key_pos(field);
@@ -440,6 +484,18 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
     {
         diags.value("concurrency", format!("expected 1 to 10000 runs at once, found {n}"));
     }
+    let timeout_ms = match parsed.timeout.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(0)) => {
+            diags.value("timeout", "expected a duration greater than zero, found 0");
+            None
+        }
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(message)) => {
+            diags.value("timeout", message);
+            None
+        }
+    };
     Runbook {
         name: parsed.name,
         description: parsed.description,
@@ -448,6 +504,7 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
         version: content_version(text),
         source: text.to_string(),
         concurrency: parsed.concurrency,
+        timeout_ms,
     }
 }
 
@@ -612,8 +669,63 @@ fn validate_step(
         }
     };
     let continue_on_error = step.on_error == Some(file::OnErrorFile::Continue);
-    let action = match step.action {
-        ActionType::Exec => validate_exec(&field("with"), step.with, &scope, diags),
+    let given: Vec<&str> =
+        [("action", step.action.is_some()), ("approval", step.approval.is_some()), ("sleep", step.sleep.is_some())]
+            .into_iter()
+            .filter_map(|(key, present)| present.then_some(key))
+            .collect();
+    if given.is_empty() {
+        diags.missing(path, "action", "missing required key `action` (or `approval`, or `sleep`): what the step does");
+        return None;
+    }
+    if given.len() > 1 {
+        let second = given[1];
+        diags.key(
+            &field(second),
+            format!("a step does one thing: it has `{}`, so it cannot also have `{second}`", given[0]),
+        );
+        return None;
+    }
+    if step.with.is_some() && step.action.is_none() {
+        diags.key(&field("with"), "`with` gives the inputs of an `action`; approval and sleep steps take none");
+        return None;
+    }
+    if step.action.is_none() {
+        for (key, present) in
+            [("timeout", step.timeout.is_some()), ("retry", retry.is_some()), ("idempotent", step.idempotent)]
+        {
+            if present {
+                let what = given[0];
+                diags.key(&field(key), format!("`{key}` applies to `action` steps; a {what} step cannot take it"));
+                ok = false;
+            }
+        }
+    }
+    let action = match (step.action, step.approval, step.sleep) {
+        (Some(ActionType::Exec), _, _) => match step.with {
+            Some(with) => validate_exec(&field("with"), with, &scope, diags),
+            None => {
+                diags.missing(
+                    path,
+                    "with",
+                    "missing required key `with`: an exec step needs `with: { command: [...] }`",
+                );
+                None
+            }
+        },
+        (_, Some(approval), _) => validate_approval(&field("approval"), approval, &scope, diags),
+        (_, _, Some(sleep)) => match parse_duration(&sleep) {
+            Ok(0) => {
+                diags.value(&field("sleep"), "expected a duration greater than zero, found 0");
+                None
+            }
+            Ok(duration_ms) => Some(Action::Sleep(SleepAction { duration_ms })),
+            Err(message) => {
+                diags.value(&field("sleep"), message);
+                None
+            }
+        },
+        (None, None, None) => None,
     };
     let action = action?;
     ok.then_some(Step {
@@ -674,6 +786,64 @@ fn validate_exec(
         ok &= scope.check(&field("workdir"), source, diags);
     }
     ok.then_some(Action::Exec(ExecAction { command, env: with.env, workdir: with.workdir }))
+}
+
+/// The pattern an approver must match: a principal name, or `group:` and a group name.
+const APPROVER_PATTERN: &str = "^(group:)?[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$";
+
+fn validate_approval(
+    path: &str,
+    approval: ApprovalFile,
+    scope: &TemplateScope<'_>,
+    diags: &mut Diagnostics<'_, '_>,
+) -> Option<Action> {
+    let field = |key: &str| join_key(path, key);
+    let mut ok = true;
+    if approval.approvers.is_empty() {
+        diags.value(&field("approvers"), "expected at least one approver (a principal or group:<name>), found []");
+        ok = false;
+    }
+    for (i, approver) in approval.approvers.iter().enumerate() {
+        ok &= check_name(diags, &format!("{}[{i}]", field("approvers")), approver, APPROVER_PATTERN, "an approver");
+    }
+    let min_approvals = approval.min_approvals.unwrap_or(1);
+    let has_group = approval.approvers.iter().any(|a| a.starts_with("group:"));
+    if !(1..=100).contains(&min_approvals) {
+        diags.value(&field("min_approvals"), format!("expected 1 to 100 approvals, found {min_approvals}"));
+        ok = false;
+    } else if !has_group && !approval.approvers.is_empty() && min_approvals as usize > approval.approvers.len() {
+        diags.value(
+            &field("min_approvals"),
+            format!(
+                "{min_approvals} approvals can never be reached with {} approver(s) and no group",
+                approval.approvers.len()
+            ),
+        );
+        ok = false;
+    }
+    let timeout_ms = match approval.timeout.as_deref().map(parse_duration) {
+        None => 3_600_000,
+        Some(Ok(0)) => {
+            diags.value(&field("timeout"), "expected a duration greater than zero, found 0");
+            ok = false;
+            0
+        }
+        Some(Ok(ms)) => ms,
+        Some(Err(message)) => {
+            diags.value(&field("timeout"), message);
+            ok = false;
+            0
+        }
+    };
+    if let Some(message) = &approval.message {
+        ok &= scope.check(&field("message"), message, diags);
+    }
+    ok.then_some(Action::Approval(ApprovalAction {
+        approvers: approval.approvers,
+        min_approvals,
+        timeout_ms,
+        message: approval.message,
+    }))
 }
 
 /// What a step's templates may read: declared params, earlier steps and the run.

@@ -10,12 +10,22 @@
 //! * day of month *and* day of week both restricted: Unix fires when *either* matches; the crate
 //!   requires both. We evaluate the two halves separately and take the earlier tick.
 //!
-//! Times are evaluated on the wall clock of the schedule's time zone. A tick that falls into a
-//! daylight-saving gap fires at the same offset after the jump (02:30 on a spring-forward night
-//! in Berlin fires at 03:30); a tick in the repeated hour of a fall-back night fires once, at the
-//! first occurrence. No tick is ever skipped silently.
+//! Times are evaluated on the wall clock of the schedule's time zone, with the daylight-saving
+//! rules of Vixie cron; no tick is ever skipped and none fires twice:
 //!
-//! [`Schedule::next_after`] is pure: the caller passes the time, nothing here reads a clock.
+//! * A tick at a local time that does not exist (inside the gap of a spring-forward night) fires
+//!   once, at the first valid instant after the gap, i.e. the instant of the jump. `30 2 * * *`
+//!   in Europe/Berlin fires at 03:00 CEST on 2026-03-29. All the ticks inside one gap make that
+//!   single fire, and a tick at the first local time after the gap coincides with it:
+//!   `*/15 * * * *` fires at 01:45 CET, once at 03:00 CEST for 02:00 to 03:00, then at 03:15.
+//! * A tick at a local time that occurs twice (the repeated hour of a fall-back night) fires
+//!   once, at its first occurrence; the second pass through the repeated hour fires nothing.
+//!   `*/15 * * * *` in Berlin on 2026-10-25 fires at 02:45 CEST, then at 03:00 CET, 75 minutes
+//!   later.
+//!
+//! The fire instants of a schedule are thus one fixed set, and [`Schedule::next_after`] returns
+//! the first of them after any instant at all, even one inside the repeated hour. It is pure:
+//! the caller passes the time, nothing here reads a clock.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +33,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use chrono::offset::LocalResult;
-use chrono::{DateTime, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -109,18 +119,12 @@ impl Schedule {
         runbook::check_name(&mut diags, "schedule", &parsed.schedule, pattern, "a schedule name");
         runbook::check_name(&mut diags, "runbook", &parsed.runbook, pattern, "a runbook name");
         let cron = parsed.cron.trim().to_string();
-        if let Err(message) = CronExpr::parse(&cron) {
+        if let Err(message) = check_cron(&cron) {
             diags.value("cron", message);
         }
-        let timezone = parsed.timezone.unwrap_or_else(|| "UTC".to_string());
-        if Tz::from_str(&timezone).is_err() {
-            diags.value(
-                "timezone",
-                format!(
-                    "expected an IANA time zone name such as UTC or Europe/Berlin, found \
-                     {timezone:?}"
-                ),
-            );
+        let timezone = parsed.timezone.unwrap_or_else(|| DEFAULT_TIMEZONE.to_string());
+        if let Err(message) = check_timezone(&timezone) {
+            diags.value("timezone", message);
         }
         diags.finish(Schedule {
             name: parsed.schedule,
@@ -135,12 +139,75 @@ impl Schedule {
     }
 
     /// The first tick strictly after `after_ms` (unix milliseconds), read on the wall clock of
-    /// the schedule's time zone. `None` if the expression never fires again (or, for a value
-    /// not built by [`Schedule::parse`], if its cron or zone is invalid).
+    /// the schedule's time zone with the daylight-saving rules of the [module](self)
+    /// documentation. `None` if the expression never fires again (or, for a value not built by
+    /// [`Schedule::parse`] or [`Schedule::preview`], if its cron or zone is invalid).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let tz = Tz::from_str(&self.timezone).ok()?;
         CronExpr::cached(&self.cron)?.next_after(tz, after_ms)
     }
+
+    /// A schedule with just a cron expression and a time zone (`None`: UTC), validated exactly
+    /// like the `cron` and `timezone` of a schedule document, for asking when it would fire
+    /// (`baton schedule preview`). Its name and runbook are `preview`; it has no params.
+    ///
+    /// The error has one line per problem (the cron expression's first), each worded as the
+    /// document parser words it.
+    pub fn preview(cron: &str, timezone: Option<&str>) -> Result<Schedule, String> {
+        let cron = cron.trim().to_string();
+        let timezone = timezone.unwrap_or(DEFAULT_TIMEZONE).to_string();
+        let problems: Vec<String> =
+            [check_cron(&cron).err(), check_timezone(&timezone).err()].into_iter().flatten().collect();
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        Ok(Schedule {
+            name: "preview".to_string(),
+            runbook: "preview".to_string(),
+            cron,
+            timezone,
+            params: BTreeMap::new(),
+            description: String::new(),
+            source: String::new(),
+            overlap: Overlap::default(),
+        })
+    }
+
+    /// The first `count` ticks strictly after `after_ms`, in order, each found by
+    /// [`Schedule::next_after`] from the one before; fewer if the expression stops firing.
+    pub fn fire_times(&self, after_ms: i64, count: usize) -> Vec<i64> {
+        let mut ticks = Vec::with_capacity(count.min(1024));
+        let mut after = after_ms;
+        while ticks.len() < count {
+            let Some(tick) = self.next_after(after) else { break };
+            ticks.push(tick);
+            after = tick;
+        }
+        ticks
+    }
+
+    /// The instant `ms` (unix milliseconds) on the schedule's wall clock, with the offset in
+    /// force there; `None` if `ms` is out of range (or the zone invalid, for a value not built
+    /// by [`Schedule::parse`] or [`Schedule::preview`]).
+    pub fn local_time(&self, ms: i64) -> Option<DateTime<FixedOffset>> {
+        let tz = Tz::from_str(&self.timezone).ok()?;
+        let instant = DateTime::<Utc>::from_timestamp_millis(ms)?.with_timezone(&tz);
+        Some(instant.with_timezone(&instant.offset().fix()))
+    }
+}
+
+/// The time zone of a schedule that names none.
+const DEFAULT_TIMEZONE: &str = "UTC";
+
+/// Checks a (trimmed) cron expression; the error is the diagnostic message for `cron`.
+fn check_cron(cron: &str) -> Result<(), String> {
+    CronExpr::parse(cron).map(|_| ())
+}
+
+/// Checks a time zone name; the error is the diagnostic message for `timezone`.
+fn check_timezone(timezone: &str) -> Result<Tz, String> {
+    Tz::from_str(timezone)
+        .map_err(|_| format!("expected an IANA time zone name such as UTC or Europe/Berlin, found {timezone:?}"))
 }
 
 /// A cron expression compiled to one or two `cron` crate schedules (two when day of month and
@@ -229,37 +296,67 @@ impl CronExpr {
             .map(|tick| tick.naive_utc())
     }
 
+    /// The first fire instant strictly after `after_ms`, with the daylight-saving rules of the
+    /// module documentation.
+    ///
+    /// Each wall-clock tick has one fire instant: its only one, the first of two in a repeated
+    /// hour, or the end of the gap for one that does not exist. That mapping never goes back in
+    /// time as ticks go forward, so the answer is the first tick after the wall-clock reading
+    /// of `after_ms` whose instant is after `after_ms`. Only ticks of a repeated hour can fail
+    /// that (when `after_ms` is in its second pass); they are skipped together.
     fn next_after(&self, tz: Tz, after_ms: i64) -> Option<i64> {
         let after = DateTime::<Utc>::from_timestamp_millis(after_ms)?;
         let mut local = after.with_timezone(&tz).naive_local();
-        // Each round moves `local` forward; more than two rounds would need two DST changes
-        // within one tick interval.
+        // Each round moves `local` forward; a second round happens only after skipping a
+        // repeated hour, and more would need several transitions close together.
         for _ in 0..4 {
             let tick = self.next_local(local)?;
-            let instant = match tz.from_local_datetime(&tick) {
-                LocalResult::Single(t) => t.timestamp_millis(),
-                LocalResult::Ambiguous(first, second) => {
-                    if first.timestamp_millis() > after_ms {
-                        first.timestamp_millis()
-                    } else {
-                        second.timestamp_millis()
-                    }
+            match tz.from_local_datetime(&tick) {
+                LocalResult::Single(t) => return Some(t.timestamp_millis()),
+                LocalResult::Ambiguous(first, _) if first.timestamp_millis() > after_ms => {
+                    return Some(first.timestamp_millis());
+                }
+                LocalResult::Ambiguous(..) => {
+                    // `after_ms` is in the second pass: every tick of this repeated hour fired
+                    // in the first. Go on from the last second of the repeated hour.
+                    local = anomaly_end(tz, tick)?.checked_sub_signed(TimeDelta::seconds(1))?;
                 }
                 LocalResult::None => {
-                    // In a DST gap: keep the offset that was in force before the jump.
-                    let day_before = tick.checked_sub_signed(TimeDelta::days(1))?;
-                    let before = tz.offset_from_utc_datetime(&day_before).fix();
-                    let utc = tick.checked_sub_signed(TimeDelta::seconds(i64::from(before.local_minus_utc())))?;
-                    utc.and_utc().timestamp_millis()
+                    // In a gap, which starts after `local` (a real reading): fire at its end.
+                    let end = anomaly_end(tz, tick)?;
+                    return tz.from_local_datetime(&end).earliest().map(|t| t.timestamp_millis());
                 }
-            };
-            if instant > after_ms {
-                return Some(instant);
             }
-            local = tick;
         }
         None
     }
+}
+
+/// The first whole second after `local` (at most a day after it) whose wall-clock reading in
+/// `tz` is of another kind than `local`'s: the end of the daylight-saving gap or repeated hour
+/// `local` is in. `None` if the day after `local` is all of the same kind (no real zone).
+fn anomaly_end(tz: Tz, local: NaiveDateTime) -> Option<NaiveDateTime> {
+    let kind = |t: &NaiveDateTime| match tz.from_local_datetime(t) {
+        LocalResult::None => 0,
+        LocalResult::Single(_) => 1,
+        LocalResult::Ambiguous(..) => 2,
+    };
+    let anomaly = kind(&local);
+    let mut inside = local.with_nanosecond(0)?;
+    let mut outside = inside.checked_add_signed(TimeDelta::days(1))?;
+    if kind(&outside) == anomaly {
+        return None;
+    }
+    // Transitions happen on whole seconds: halve the interval down to one second.
+    while (outside - inside).num_seconds() > 1 {
+        let middle = inside.checked_add_signed(TimeDelta::seconds((outside - inside).num_seconds() / 2))?;
+        if kind(&middle) == anomaly {
+            inside = middle;
+        } else {
+            outside = middle;
+        }
+    }
+    Some(outside)
 }
 
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];

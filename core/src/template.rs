@@ -84,6 +84,15 @@ pub fn render_exec(action: &ExecAction, ctx: &serde_json::Value) -> Result<Rende
     Ok(RenderedExec { argv, env: env_vars, workdir })
 }
 
+/// Renders one text template (an approval's message, a notification) against `ctx`.
+pub fn render_text(source: &str, ctx: &serde_json::Value) -> Result<String, TemplateError> {
+    let env = environment();
+    env.render_str(source, minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|err| TemplateError {
+        field: "message".to_string(),
+        message: format!("{} in template {source:?}", describe_error(&err)),
+    })
+}
+
 /// A minijinja error as one line without the `(in <string>:1)` suffix.
 fn describe_error(err: &minijinja::Error) -> String {
     match err.detail() {

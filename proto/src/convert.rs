@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::run::{Attempt, AttemptState, Fence, Run, RunState, StepRun, StepState, Trigger};
+use baton_core::run::{
+    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunState, StepRun, StepState, Trigger,
+};
 
 use crate::v1 as pb;
 
@@ -89,6 +91,7 @@ fn step_state_to_pb(s: StepState) -> pb::StepState {
         StepState::Cancelled => pb::StepState::Cancelled,
         StepState::Lost => pb::StepState::Lost,
         StepState::Skipped => pb::StepState::Skipped,
+        StepState::Waiting => pb::StepState::Waiting,
     }
 }
 
@@ -102,6 +105,7 @@ fn step_state_from_pb(v: i32) -> Result<StepState, ConvertError> {
         pb::StepState::Cancelled => StepState::Cancelled,
         pb::StepState::Lost => StepState::Lost,
         pb::StepState::Skipped => StepState::Skipped,
+        pb::StepState::Waiting => StepState::Waiting,
     })
 }
 
@@ -128,6 +132,7 @@ pub fn run_to_pb(r: &Run) -> pb::Run {
         idempotency_key: opt(&r.idempotency_key),
         missed_ticks: r.missed_ticks,
         cancel_requested: r.cancel_requested,
+        timed_out: r.timed_out,
     }
 }
 
@@ -145,6 +150,23 @@ fn step_to_pb(s: &StepRun) -> pb::StepRun {
         finished_at_ms: s.finished_at_ms,
         not_before_ms: s.not_before_ms,
         failure_tolerated: s.failure_tolerated,
+        deadline_ms: s.deadline_ms,
+        decisions: s
+            .decisions
+            .iter()
+            .map(|d| pb::Decision {
+                principal: d.principal.clone(),
+                approve: d.approve,
+                reason: d.reason.clone(),
+                at_ms: d.at_ms,
+                via: d.via.clone(),
+            })
+            .collect(),
+        approval: s.approval.as_ref().map(|a| pb::ApprovalRequest {
+            prompt: a.prompt.clone(),
+            approvers: a.approvers.clone(),
+            min_approvals: a.min_approvals,
+        }),
     }
 }
 
@@ -192,6 +214,7 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
         idempotency_key: non_empty(r.idempotency_key),
         missed_ticks: r.missed_ticks,
         cancel_requested: r.cancel_requested,
+        timed_out: r.timed_out,
     })
 }
 
@@ -209,6 +232,24 @@ fn step_from_pb(s: pb::StepRun) -> Result<StepRun, ConvertError> {
         finished_at_ms: s.finished_at_ms,
         not_before_ms: s.not_before_ms,
         failure_tolerated: s.failure_tolerated,
+        deadline_ms: s.deadline_ms,
+        decisions: s
+            .decisions
+            .into_iter()
+            .map(|d| Decision {
+                principal: d.principal,
+                approve: d.approve,
+                reason: d.reason,
+                at_ms: d.at_ms,
+                via: d.via,
+                request_id: String::new(),
+            })
+            .collect(),
+        approval: s.approval.map(|a| ApprovalRequest {
+            prompt: a.prompt,
+            approvers: a.approvers,
+            min_approvals: a.min_approvals,
+        }),
     })
 }
 
@@ -249,22 +290,42 @@ mod tests {
             params: [("name".to_string(), serde_json::json!("Ada"))].into(),
             trigger: Trigger::Schedule { name: "s".into(), tick_ms: 5 },
             state: RunState::Running,
-            steps: vec![StepRun {
-                attempts: vec![Attempt {
-                    id: 7,
-                    number: 1,
-                    worker: "w".into(),
-                    fence: Fence { term: 2, index: 7 },
-                    state: AttemptState::Running,
-                    assigned_at_ms: 1,
-                    started_at_ms: 2,
-                    finished_at_ms: 0,
-                    exit_code: None,
-                    error: None,
-                    argv: vec!["echo".into()],
-                }],
-                ..StepRun::pending("greet")
-            }],
+            steps: vec![
+                StepRun {
+                    attempts: vec![Attempt {
+                        id: 7,
+                        number: 1,
+                        worker: "w".into(),
+                        fence: Fence { term: 2, index: 7 },
+                        state: AttemptState::Running,
+                        assigned_at_ms: 1,
+                        started_at_ms: 2,
+                        finished_at_ms: 0,
+                        exit_code: None,
+                        error: None,
+                        argv: vec!["echo".into()],
+                    }],
+                    ..StepRun::pending("greet")
+                },
+                StepRun {
+                    state: StepState::Waiting,
+                    deadline_ms: 99,
+                    decisions: vec![Decision {
+                        principal: "alice".into(),
+                        approve: true,
+                        reason: "ok".into(),
+                        at_ms: 3,
+                        via: "api".into(),
+                        request_id: String::new(),
+                    }],
+                    approval: Some(ApprovalRequest {
+                        prompt: "Go?".into(),
+                        approvers: vec!["alice".into(), "group:sre".into()],
+                        min_approvals: 2,
+                    }),
+                    ..StepRun::pending("approve")
+                },
+            ],
             created_at_ms: 1,
             started_at_ms: 1,
             finished_at_ms: 0,
@@ -272,6 +333,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             missed_ticks: 0,
             cancel_requested: false,
+            timed_out: true,
         };
         assert_eq!(run_from_pb(run_to_pb(&run)), Ok(run));
     }

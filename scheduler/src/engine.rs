@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use baton_core::command::Op;
 use baton_core::run::{Run, RunState, StepState};
 use baton_core::runbook::Action;
-use baton_core::template::{eval_condition, render_exec};
+use baton_core::template::{eval_condition, render_exec, render_text};
 
 use crate::fsm::{State, next_step};
 
@@ -76,6 +76,7 @@ impl Engine {
         let mut ops = Vec::new();
         self.fire_schedules(state, view, &mut ops);
         self.expire_attempts(state, view, &mut ops);
+        self.end_waits(state, view, &mut ops);
         self.assign_steps(state, view, &mut ops);
         ops
     }
@@ -146,6 +147,33 @@ impl Engine {
         }
     }
 
+    /// Sleeps that are over, approvals nobody decided in time, runs past their own timeout.
+    fn end_waits(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
+        for run_id in &state.active_runs {
+            let Some(run) = state.runs.get(run_id) else { continue };
+            if run.cancel_requested {
+                continue;
+            }
+            let limit = state.runbook_of(run).and_then(|rb| rb.timeout_ms);
+            if let Some(limit) = limit
+                && view.now_ms >= run.created_at_ms.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX))
+            {
+                if self.claim(format!("timeout:{run_id}"), view.now_ms) {
+                    ops.push(Op::TimeoutRun { run_id: run_id.clone() });
+                }
+                continue;
+            }
+            let Some(si) = next_step(run) else { continue };
+            let step = &run.steps[si];
+            if step.state == StepState::Waiting
+                && step.deadline_ms <= view.now_ms
+                && self.claim(format!("wait:{run_id}:{si}"), view.now_ms)
+            {
+                ops.push(Op::WaitElapsed { run_id: run_id.clone(), step_id: step.id.clone() });
+            }
+        }
+    }
+
     fn assign_steps(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
         // An assignment stops being in flight once applied (the step is no longer pending with
         // that many attempts) or when it expires; until then its worker's slot stays taken.
@@ -172,12 +200,18 @@ impl Engine {
                 *started.entry(run.runbook.as_str()).or_insert(0) += 1;
             }
         }
+        let mut workers_free = free(&load);
         for (_, run_id) in order {
-            if !free(&load) {
-                break;
-            }
             let Some((si, attempts)) = pending_step(state, run_id) else { continue };
             let run = &state.runs[run_id];
+            // Approval and sleep steps need no worker; everything else waits for a free one.
+            let on_worker = state
+                .runbook_of(run)
+                .and_then(|rb| rb.steps.get(si))
+                .is_none_or(|spec| matches!(spec.action, Action::Exec(_)));
+            if on_worker && !workers_free {
+                continue;
+            }
             if run.state == RunState::Pending && !self.assigning.keys().any(|(r, _, _)| r == run_id) {
                 let limit = state.runbook_of(run).and_then(|rb| rb.concurrency);
                 let n = started.get(run.runbook.as_str()).copied().unwrap_or(0);
@@ -193,15 +227,17 @@ impl Engine {
                 continue;
             }
             let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
-            if run.state == RunState::Pending && matches!(op, Op::Assign { .. } | Op::SkipStep { .. }) {
+            if run.state == RunState::Pending
+                && matches!(op, Op::Assign { .. } | Op::SkipStep { .. } | Op::OpenWait { .. })
+            {
                 *started.entry(run.runbook.as_str()).or_insert(0) += 1;
             }
             if let Op::Assign { worker, .. } = &op {
                 self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
-            } else if let Op::SkipStep { .. } = &op {
-                // Frees no capacity and takes none; remember it like a render failure.
-                self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
+                workers_free = free(&load);
             } else {
+                // A skip, a wait or a render failure takes no worker slot; remember it so it is
+                // not proposed again while in flight.
                 self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
             }
             ops.push(op);
@@ -244,6 +280,22 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
         }
     }
+    let exec = match &spec.action {
+        Action::Exec(exec) => exec,
+        Action::Sleep(_) => {
+            return Some(Op::OpenWait { run_id: run.id.clone(), step_id, prompt: String::new() });
+        }
+        Action::Approval(approval) => {
+            let prompt = match &approval.message {
+                None => format!("Approve step {step_id} of run {} ({})?", run.id, run.runbook),
+                Some(template) => match render_text(template, &template_context(run)) {
+                    Ok(text) => text,
+                    Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
+                },
+            };
+            return Some(Op::OpenWait { run_id: run.id.clone(), step_id, prompt });
+        }
+    };
     // Least-loaded worker with free capacity; ties go to the earliest registered. Chosen
     // before rendering: with every worker busy, waiting runs cost nothing per decision.
     let worker = view
@@ -251,7 +303,6 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         .iter()
         .filter(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
         .min_by_key(|w| load.get(&w.id).copied().unwrap_or(0))?;
-    let Action::Exec(exec) = &spec.action;
     let rendered = match render_exec(exec, &template_context(run)) {
         Ok(r) => r,
         Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),

@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use baton_core::command::{Command, Op};
-use baton_core::run::{Attempt, AttemptState, Fence, Run, RunState, StepRun, StepState, Trigger};
+use baton_core::run::{
+    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunState, StepRun, StepState, Trigger,
+};
+use baton_core::runbook::Action;
 use baton_core::{Runbook, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -193,6 +196,13 @@ impl State {
             }
             Op::CancelRun { run_id, reason } => self.cancel_run(now, &run_id, reason, &mut fx),
             Op::SkipStep { run_id, step_id, reason } => self.skip_step(now, &run_id, &step_id, reason, &mut fx),
+            Op::OpenWait { run_id, step_id, prompt } => self.open_wait(now, &run_id, &step_id, prompt, &mut fx),
+            Op::WaitElapsed { run_id, step_id } => self.wait_elapsed(now, &run_id, &step_id, &mut fx),
+            Op::Decide { run_id, step_id, principal, groups, approve, reason, via, request_id } => {
+                let decision = Decision { principal, approve, reason, at_ms: now, via, request_id };
+                self.decide(&run_id, step_id.as_deref(), decision, &groups, &mut fx)
+            }
+            Op::TimeoutRun { run_id } => self.timeout_run(now, &run_id, &mut fx),
         };
         (reply, fx)
     }
@@ -380,6 +390,7 @@ impl State {
             idempotency_key: None,
             missed_ticks: 0,
             cancel_requested: false,
+            timed_out: false,
         });
         let s = self.schedules.get_mut(name).expect("checked above");
         s.last_tick_ms = Some(tick_ms);
@@ -467,18 +478,7 @@ impl State {
         if step.id != step_id || step.state != StepState::Pending {
             return Reply::Done;
         }
-        step.state = StepState::Failed;
-        step.error = Some(format!("could not render inputs: {error}"));
-        step.finished_at_ms = now;
-        let tolerated = self.spec_of(run_id, si).is_some_and(|s| s.continue_on_error);
-        let run = self.runs.get_mut(run_id).expect("checked above");
-        if tolerated {
-            run.steps[si].failure_tolerated = true;
-            self.settle(run_id, now);
-        } else {
-            let msg = format!("step {step_id} failed: could not render inputs: {error}");
-            self.finish_run(run_id, RunState::Failed, Some(msg), now);
-        }
+        self.fail_step(run_id, si, format!("could not render inputs: {error}"), now);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
     }
@@ -504,6 +504,170 @@ impl State {
         self.settle(run_id, now);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
+    }
+
+    /// The run's current step if it is `step_id` in `state`, with the step's action.
+    fn current_step(&self, run_id: &str, step_id: &str, state: StepState) -> Option<(usize, Action)> {
+        if !self.active_runs.contains(run_id) {
+            return None;
+        }
+        let run = self.runs.get(run_id)?;
+        let si = next_step(run)?;
+        let step = &run.steps[si];
+        if step.id != step_id || step.state != state || run.cancel_requested {
+            return None;
+        }
+        Some((si, self.spec_of(run_id, si)?.action.clone()))
+    }
+
+    fn open_wait(&mut self, now: i64, run_id: &str, step_id: &str, prompt: String, fx: &mut Vec<Effect>) -> Reply {
+        let Some((si, action)) = self.current_step(run_id, step_id, StepState::Pending) else { return Reply::Done };
+        let (wait_ms, approval) = match action {
+            Action::Sleep(s) => (s.duration_ms, None),
+            Action::Approval(a) => {
+                let request = ApprovalRequest { prompt, approvers: a.approvers, min_approvals: a.min_approvals };
+                (a.timeout_ms, Some(request))
+            }
+            Action::Exec(_) => return Reply::Rejected(format!("step {step_id} runs on a worker; it cannot wait")),
+        };
+        let run = self.runs.get_mut(run_id).expect("checked by current_step");
+        let step = &mut run.steps[si];
+        step.approval = approval;
+        step.state = StepState::Waiting;
+        step.started_at_ms = now;
+        step.deadline_ms = now.saturating_add(i64::try_from(wait_ms).unwrap_or(i64::MAX));
+        if run.state == RunState::Pending {
+            run.state = RunState::Running;
+            run.started_at_ms = now;
+        }
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn wait_elapsed(&mut self, now: i64, run_id: &str, step_id: &str, fx: &mut Vec<Effect>) -> Reply {
+        let Some((si, action)) = self.current_step(run_id, step_id, StepState::Waiting) else { return Reply::Done };
+        let run = self.runs.get_mut(run_id).expect("checked by current_step");
+        if now < run.steps[si].deadline_ms {
+            // Proposed early (a leader's clock ahead of the one that opened the wait): not yet.
+            return Reply::Done;
+        }
+        match action {
+            Action::Approval(a) => {
+                let approvals = run.steps[si].decisions.iter().filter(|d| d.approve).count();
+                let error = format!(
+                    "denied: no decision within {} ({approvals} of {} approval(s))",
+                    baton_core::duration::format_duration(a.timeout_ms),
+                    a.min_approvals
+                );
+                self.fail_step(run_id, si, error, now);
+            }
+            _ => {
+                let step = &mut run.steps[si];
+                step.state = StepState::Succeeded;
+                step.finished_at_ms = now;
+                step.deadline_ms = 0;
+                self.settle(run_id, now);
+            }
+        }
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn decide(
+        &mut self,
+        run_id: &str,
+        step_id: Option<&str>,
+        d: Decision,
+        groups: &[String],
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(run) = self.runs.get(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        let seen = |p: &Decision| !d.request_id.is_empty() && p.request_id == d.request_id;
+        if run.steps.iter().any(|s| s.decisions.iter().any(seen)) {
+            // This request was applied already (it was proposed again after a leader change).
+            return Reply::Done;
+        }
+        let waiting = next_step(run).filter(|si| run.steps[*si].state == StepState::Waiting);
+        let approval = waiting.and_then(|si| match &self.spec_of(run_id, si)?.action {
+            Action::Approval(a) => Some((si, a.clone())),
+            _ => None,
+        });
+        let Some((si, rules)) = approval.filter(|_| self.active_runs.contains(run_id) && !run.cancel_requested) else {
+            return Reply::Rejected(format!("run {run_id} is {} and waits for no approval", run_state_text(run)));
+        };
+        let id = run.steps[si].id.clone();
+        if let Some(wanted) = step_id
+            && wanted != id
+        {
+            return Reply::Rejected(format!("run {run_id} waits for approval of step {id}, not {wanted}"));
+        }
+        let allowed = rules.approvers.iter().any(|a| match a.strip_prefix("group:") {
+            Some(group) => groups.iter().any(|g| g == group),
+            None => *a == d.principal,
+        });
+        if !allowed {
+            return Reply::Rejected(format!(
+                "{} may not decide on step {id} of run {run_id}; its approvers are {}",
+                d.principal,
+                rules.approvers.join(", ")
+            ));
+        }
+        if run.steps[si].decisions.iter().any(|p| p.principal == d.principal) {
+            return Reply::Rejected(format!("{} already decided on step {id} of run {run_id}", d.principal));
+        }
+        let now = d.at_ms;
+        let (approve, who, reason) = (d.approve, d.principal.clone(), d.reason.clone());
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        let step = &mut run.steps[si];
+        step.decisions.push(d);
+        if !approve {
+            let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+            self.fail_step(run_id, si, format!("denied by {who}{why}"), now);
+        } else {
+            let approved: Vec<&str> =
+                step.decisions.iter().filter(|d| d.approve).map(|d| d.principal.as_str()).collect();
+            if approved.len() >= rules.min_approvals as usize {
+                step.outputs.insert("approved_by".into(), approved.join(","));
+                step.state = StepState::Succeeded;
+                step.finished_at_ms = now;
+                step.deadline_ms = 0;
+                self.settle(run_id, now);
+            }
+        }
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn timeout_run(&mut self, now: i64, run_id: &str, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
+        if run.state.is_terminal() || run.cancel_requested {
+            return Reply::Done;
+        }
+        run.timed_out = true;
+        let limit = self.runbook_of(&self.runs[run_id]).and_then(|rb| rb.timeout_ms).unwrap_or(0);
+        let reason = format!("the run's timeout ({}) passed", baton_core::duration::format_duration(limit));
+        self.cancel_run(now, run_id, reason, fx)
+    }
+
+    /// Step `si` (the current one) failed without an attempt outcome: the run fails, unless
+    /// the step tolerates failure and the run goes on.
+    fn fail_step(&mut self, run_id: &str, si: usize, error: String, now: i64) {
+        let tolerated = self.spec_of(run_id, si).is_some_and(|s| s.continue_on_error);
+        let run = self.runs.get_mut(run_id).expect("fail_step on an existing run");
+        let step = &mut run.steps[si];
+        step.state = StepState::Failed;
+        step.error = Some(error.clone());
+        step.finished_at_ms = now;
+        step.deadline_ms = 0;
+        let step_id = step.id.clone();
+        if tolerated {
+            step.failure_tolerated = true;
+            self.settle(run_id, now);
+        } else {
+            self.finish_run(run_id, RunState::Failed, Some(format!("step {step_id} failed: {error}")), now);
+        }
     }
 
     /// The runbook step behind step `si` of a run (from the version the run is pinned to).
@@ -552,6 +716,8 @@ impl State {
         let tolerated = spec.as_ref().is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
         let cancel_requested = run.cancel_requested;
+        // A run stopped by its own timeout ends failed; one stopped by an operator, cancelled.
+        let stopped = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
         let step = &mut run.steps[si];
         let attempt = step.attempts.iter_mut().find(|a| a.id == attempt_id).expect("attempt exists");
         attempt.state = if r.state.is_terminal() { r.state } else { AttemptState::Failed };
@@ -571,13 +737,13 @@ impl State {
                 step.outputs = r.outputs;
                 (StepState::Succeeded, None)
             }
-            AttemptState::Cancelled => (StepState::Cancelled, Some((RunState::Cancelled, None))),
+            AttemptState::Cancelled => (StepState::Cancelled, Some((stopped, None))),
             AttemptState::Lost if idempotent && !cancel_requested => (StepState::Pending, None),
             AttemptState::Lost if cancel_requested => {
                 let msg = format!(
                     "cancelled; the outcome of step {step_id} (attempt {attempt_id}) is unknown: its worker was lost"
                 );
-                (StepState::Lost, Some((RunState::Cancelled, Some(msg))))
+                (StepState::Lost, Some((stopped, Some(msg))))
             }
             AttemptState::Lost => {
                 let why = r.error.unwrap_or_default();
@@ -615,7 +781,8 @@ impl State {
         if let Some((state, error)) = run_end {
             self.finish_run(&run_id, state, error, now);
         } else if cancel_requested {
-            self.finish_run(&run_id, RunState::Cancelled, Some("cancelled".into()), now);
+            let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
+            self.finish_run(&run_id, stopped, error, now);
         } else {
             self.settle(&run_id, now);
         }
@@ -636,10 +803,11 @@ impl State {
         let active: Vec<(String, u64)> =
             run.steps.iter().filter_map(|s| s.active_attempt()).map(|a| (a.worker.clone(), a.id)).collect();
         if active.is_empty() {
-            for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+            for s in run.steps.iter_mut().filter(|s| matches!(s.state, StepState::Pending | StepState::Waiting)) {
                 s.state = StepState::Cancelled;
             }
-            self.finish_run(run_id, RunState::Cancelled, Some(reason), now);
+            let end = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
+            self.finish_run(run_id, end, Some(reason), now);
         } else {
             run.error = Some(reason);
             for (worker, attempt_id) in active {
@@ -722,13 +890,19 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         idempotency_key: None,
         missed_ticks: count,
         cancel_requested: false,
+        timed_out: false,
     }
 }
 
-/// The run's current step: the first one that is pending or running (steps run in order;
+/// "failed", "needs_attention"... for messages about a run's state.
+fn run_state_text(run: &Run) -> &'static str {
+    if run.cancel_requested && !run.state.is_terminal() { "being cancelled" } else { run.state.as_str() }
+}
+
+/// The run's current step: the first one that is pending, running or waiting (steps run in order;
 /// done, skipped and tolerated-failed steps are behind it).
 pub fn next_step(run: &Run) -> Option<usize> {
-    run.steps.iter().position(|s| matches!(s.state, StepState::Pending | StepState::Running))
+    run.steps.iter().position(|s| matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting))
 }
 
 fn new_run(
@@ -754,6 +928,7 @@ fn new_run(
         idempotency_key,
         missed_ticks: 0,
         cancel_requested: false,
+        timed_out: false,
     }
 }
 

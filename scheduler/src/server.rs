@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub election_ticks: usize,
     /// Start without a configuration, to be added to an existing cluster (`cluster join`).
     pub join: bool,
+    /// Approver groups: group name -> member principals (`group:<name>` in approval steps).
+    pub groups: BTreeMap<String, Vec<String>>,
 }
 
 impl ServerConfig {
@@ -66,6 +68,7 @@ impl ServerConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             join: false,
+            groups: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +129,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         output_changes,
         addresses: Arc::new(addresses),
         channels: Arc::default(),
+        groups: Arc::new(config.groups.clone()),
     };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();

@@ -49,11 +49,18 @@ pub struct Dev {
     pub http: String,
     /// Lines it printed to stdout so far (filled while starting).
     pub banner: Vec<String>,
+    /// Extra `baton dev` arguments (see [`Dev::start_with`]).
+    extra: Vec<String>,
 }
 
 impl Dev {
     /// Starts `baton dev` on free ports and waits until it says it is running.
     pub fn start(data_dir: &Path, runbooks: &Path) -> Dev {
+        Dev::start_with(data_dir, runbooks, &[])
+    }
+
+    /// Like [`Dev::start`], with extra `baton dev` arguments (for example `--group`).
+    pub fn start_with(data_dir: &Path, runbooks: &Path, extra: &[&str]) -> Dev {
         let addr = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let mut dev = Dev {
@@ -63,6 +70,7 @@ impl Dev {
             addr,
             http,
             banner: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         dev.spawn();
         dev
@@ -79,6 +87,7 @@ impl Dev {
             .arg(&self.data_dir)
             .args(["--grpc", &self.addr, "--http", &self.http, "--runbooks"])
             .arg(&self.runbooks)
+            .args(&self.extra)
             .env("BATON_LOG", "info,raft=warn,sled=warn,h2=warn,tower=warn")
             .stdout(Stdio::piped())
             .stderr(log)

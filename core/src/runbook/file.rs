@@ -60,6 +60,11 @@ pub(crate) struct RunbookFile {
     #[serde(default)]
     #[schemars(range(min = 1, max = 10000))]
     pub concurrency: Option<u32>,
+    /// Limit on the whole run, counted from the moment it was triggered (waiting included),
+    /// e.g. `30m`. When it passes, running steps are stopped and the run fails.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub timeout: Option<String>,
 }
 
 /// Declaration of one parameter.
@@ -119,8 +124,17 @@ pub(crate) struct StepFile {
     /// `steps.<id>.outputs.<name>` (or `steps['<id>']` when the id has dashes).
     #[schemars(pattern(STEP_ID_PATTERN))]
     pub id: String,
-    /// What the step does.
-    pub action: ActionType,
+    /// What the step does (`exec`). A step has exactly one of `action`, `approval` and `sleep`.
+    #[serde(default)]
+    pub action: Option<ActionType>,
+    /// Wait for people to approve before the run goes on:
+    /// `{ approvers: ["alice", "group:sre-oncall"], timeout: 15m }`.
+    #[serde(default)]
+    pub approval: Option<ApprovalFile>,
+    /// Wait this long before the run goes on, e.g. `30s` or `5m` (no worker is used).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub sleep: Option<String>,
     /// Maximum run time of one attempt, e.g. `250ms`, `10s`, `5m`, `1h30m`.
     #[serde(default)]
     #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
@@ -142,8 +156,32 @@ pub(crate) struct StepFile {
     /// ends the run as failed; `continue` records the failure and goes on with the next step.
     #[serde(default)]
     pub on_error: Option<OnErrorFile>,
-    /// The action's inputs.
-    pub with: ExecWithFile,
+    /// The action's inputs (with `action` only).
+    #[serde(default)]
+    pub with: Option<ExecWithFile>,
+}
+
+/// An approval step: the run waits until enough approvers approve, one denies, or the
+/// timeout passes (which denies).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Approval", rename = "Approval")]
+pub(crate) struct ApprovalFile {
+    /// Who may decide: principal names (`alice`) and groups (`group:sre-oncall`, members from
+    /// the server configuration); at least one.
+    #[schemars(length(min = 1))]
+    pub approvers: Vec<String>,
+    /// How many different approvers must approve (default 1).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_approvals: Option<u32>,
+    /// How long to wait for the decision before denying, e.g. `15m` (default `1h`).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub timeout: Option<String>,
+    /// What the approvers are asked (a template), shown in the CLI and in chat.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// Retry policy of a step.

@@ -45,7 +45,8 @@ fn unknown_key_points_at_the_key_and_lists_allowed_keys() {
         5,
         5,
         "steps[0].bogus",
-        "unknown key `bogus`, expected one of id, action, timeout, idempotent, when, retry, on_error, with",
+        "unknown key `bogus`, expected one of id, action, approval, sleep, timeout, idempotent, when, retry, \
+         on_error, with",
     );
 }
 
@@ -190,9 +191,51 @@ fn unknown_action_lists_known_ones() {
 fn missing_key_syntax_error_and_empty_document() {
     assert_one(runbook_errors("name: x\n"), 1, 1, "steps", "missing required key `steps`");
     let text = "name: x\nsteps:\n  - id: a\n    with: { command: [echo] }\n";
-    assert_one(runbook_errors(text), 3, 5, "steps[0].action", "missing required key `action`");
+    assert_one(
+        runbook_errors(text),
+        3,
+        5,
+        "steps[0].action",
+        "missing required key `action` (or `approval`, or `sleep`)",
+    );
+    let text = "name: x\nsteps:\n  - id: a\n    action: exec\n";
+    assert_one(runbook_errors(text), 3, 5, "steps[0].with", "missing required key `with`");
     assert_one(runbook_errors("name: x\nsteps: [\n"), 2, 8, "steps", "invalid YAML: unclosed bracket");
     assert_one(runbook_errors("# nothing\n"), 1, 1, "", "the document is empty");
+}
+
+#[test]
+fn approval_sleep_and_run_timeout_are_checked() {
+    let step = |body: &str| format!("name: x\nsteps:\n  - id: a\n{body}");
+    // One thing per step.
+    let text = step("    sleep: 5s\n    action: exec\n    with: { command: [echo] }\n");
+    assert_one(runbook_errors(&text), 4, 5, "steps[0].sleep", "it has `action`, so it cannot also have `sleep`");
+    let text = step("    sleep: 5s\n    with: { command: [echo] }\n");
+    assert_one(runbook_errors(&text), 5, 5, "steps[0].with", "approval and sleep steps take none");
+    let text = step("    sleep: 5s\n    retry: { attempts: 2 }\n");
+    assert_one(runbook_errors(&text), 5, 5, "steps[0].retry", "a sleep step cannot take it");
+    let text = step("    sleep: soon\n");
+    assert_one(runbook_errors(&text), 4, 12, "steps[0].sleep", "found \"soon\"");
+    let text = step("    sleep: 0s\n");
+    assert_one(runbook_errors(&text), 4, 12, "steps[0].sleep", "expected a duration greater than zero");
+    // Approvals: someone must be able to approve, and enough of them.
+    let text = step("    approval: { approvers: [] }\n");
+    assert_one(runbook_errors(&text), 4, 28, "steps[0].approval.approvers", "expected at least one approver");
+    let text = step("    approval: { approvers: [alice, \"bob smith\"] }\n");
+    assert_one(runbook_errors(&text), 4, 36, "steps[0].approval.approvers[1]", "expected an approver matching");
+    let text = step("    approval: { approvers: [alice, bob], min_approvals: 3 }\n");
+    assert_one(runbook_errors(&text), 4, 57, "steps[0].approval.min_approvals", "3 approvals can never be reached");
+    let ok = step("    approval: { approvers: [alice, \"group:sre\"], min_approvals: 3 }\n");
+    assert!(Runbook::parse("ok.yaml", &ok).is_ok(), "a group may hold enough approvers");
+    let text = step("    approval: { approvers: [alice], timeout: 0s }\n");
+    assert_one(runbook_errors(&text), 4, 46, "steps[0].approval.timeout", "greater than zero");
+    let text = step("    approval: { approvers: [alice], message: \"{{ params.nope }}\" }\n");
+    assert_one(runbook_errors(&text), 4, 50, "steps[0].approval.message", "params.nope, which is not declared");
+    let text = step("    approval: { approvers: [alice], who: me }\n");
+    assert_one(runbook_errors(&text), 4, 37, "steps[0].approval.who", "unknown key `who`");
+    // The run's own timeout.
+    let text = format!("name: x\ntimeout: 1x\nsteps:\n{STEP}");
+    assert_one(runbook_errors(&text), 2, 10, "timeout", "found \"1x\"");
 }
 
 #[test]

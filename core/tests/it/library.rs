@@ -70,14 +70,14 @@ fn hello_world_passes_the_greeting_through_env_and_outputs() {
     };
     assert!(runbook.resolve_params(&BTreeMap::new()).is_err(), "name is required");
     let params = runbook.resolve_params(&BTreeMap::from([("name".to_string(), json!("Ada"))])).unwrap();
-    let Action::Exec(greet) = &runbook.step("greet").unwrap().action;
+    let Action::Exec(greet) = &runbook.step("greet").unwrap().action else { panic!("an exec step") };
     let ctx =
         json!({ "params": params, "steps": {}, "run": { "id": "r1", "runbook": "hello-world", "trigger": "api" } });
     let rendered = baton_core::template::render_exec(greet, &ctx).unwrap();
     assert_eq!(rendered.argv[0], "sh");
     assert!(!rendered.argv[2].contains("Ada"), "the value stays out of the script");
     assert_eq!(rendered.env["NAME"], "Ada");
-    let Action::Exec(announce) = &runbook.step("announce").unwrap().action;
+    let Action::Exec(announce) = &runbook.step("announce").unwrap().action else { panic!("an exec step") };
     let ctx = json!({
         "params": params,
         "steps": { "greet": { "outputs": { "greeting": "Hello, Ada!" }, "status": "succeeded" } },
@@ -92,7 +92,7 @@ fn disk_cleanup_is_a_dry_run_unless_told_otherwise_and_refuses_root() {
     let Document::Runbook(runbook) = load("disk-cleanup.yaml") else {
         panic!("disk-cleanup is a runbook");
     };
-    let Action::Exec(clean) = &runbook.step("clean").unwrap().action;
+    let Action::Exec(clean) = &runbook.step("clean").unwrap().action else { panic!("an exec step") };
     let render = |given: serde_json::Value| {
         let given: BTreeMap<String, serde_json::Value> = serde_json::from_value(given).unwrap();
         let params = runbook.resolve_params(&given)?;

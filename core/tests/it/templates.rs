@@ -79,7 +79,7 @@ steps:
       command: [echo, \"{{ params.label if params.label is defined else 'none' }}\"]
 ";
     let runbook = Runbook::parse("opt.yaml", text).unwrap();
-    let Action::Exec(action) = &runbook.steps[0].action;
+    let Action::Exec(action) = &runbook.steps[0].action else { panic!("an exec step") };
     let params = runbook.resolve_params(&BTreeMap::new()).unwrap();
     let out = render_exec(action, &ctx(json!(params))).unwrap();
     assert_eq!(out.argv, ["echo", "none"]);

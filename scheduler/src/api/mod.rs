@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_core::command::{Command, Op};
-use baton_core::runbook::{Action, ParamKind};
+use baton_core::runbook::ParamKind;
 use baton_core::{Document, parse_document};
 use baton_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -46,6 +46,8 @@ pub struct Api {
     pub(crate) addresses: Arc<BTreeMap<u64, String>>,
     /// Lazily connected channels to the other members, made on first use.
     pub(crate) channels: Arc<std::sync::Mutex<BTreeMap<u64, Channel>>>,
+    /// Approver groups from the configuration: group -> principals.
+    pub(crate) groups: Arc<BTreeMap<String, Vec<String>>>,
 }
 
 /// How long a request waits for the cluster (a leader, a commit, a read barrier).
@@ -227,14 +229,7 @@ fn version_to_pb(entry: &crate::fsm::RunbookEntry, rb: &baton_core::Runbook) -> 
         description: rb.description.clone(),
         version: rb.version.clone(),
         source: rb.source.clone(),
-        step_ids: rb
-            .steps
-            .iter()
-            .map(|s| {
-                let Action::Exec(_) = &s.action;
-                s.id.clone()
-            })
-            .collect(),
+        step_ids: rb.steps.iter().map(|s| s.id.clone()).collect(),
         params: rb
             .params
             .iter()

@@ -79,6 +79,46 @@ impl Api {
     }
 }
 
+/// Longest principal name and decision reason accepted.
+const MAX_PRINCIPAL: usize = 128;
+const MAX_REASON: usize = 1_024;
+
+impl Api {
+    /// Records `principal`'s decision on the approval step `req.run_id` waits on; `via` says
+    /// where it came from (`api`, `slack`...). The state machine checks that the principal (or
+    /// one of its groups) is an approver and has not decided yet.
+    pub(crate) async fn decide(&self, req: pb::DecideRequest, approve: bool, via: &str) -> Result<pb::Run, ApiError> {
+        if req.principal.trim().is_empty() {
+            return Err(ApiError::invalid("principal", "is empty; say who decides"));
+        }
+        if req.principal.len() > MAX_PRINCIPAL {
+            return Err(ApiError::invalid("principal", format!("is longer than {MAX_PRINCIPAL} bytes")));
+        }
+        if req.reason.len() > MAX_REASON {
+            return Err(ApiError::invalid("reason", format!("is longer than {MAX_REASON} bytes")));
+        }
+        self.get_run(&req.run_id)?;
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, members)| members.contains(&req.principal))
+            .map(|(g, _)| g.clone())
+            .collect();
+        let op = Op::Decide {
+            run_id: req.run_id.clone(),
+            step_id: (!req.step_id.is_empty()).then_some(req.step_id),
+            principal: req.principal,
+            groups,
+            approve,
+            reason: req.reason,
+            via: via.to_string(),
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+        };
+        self.propose(op).await?;
+        self.get_run(&req.run_id)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::run_service_server::RunService for Api {
     async fn start(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
@@ -194,6 +234,14 @@ impl pb::run_service_server::RunService for Api {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn approve(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::Run>, Status> {
+        Ok(Response::new(self.decide(req.into_inner(), true, "api").await?))
+    }
+
+    async fn deny(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::Run>, Status> {
+        Ok(Response::new(self.decide(req.into_inner(), false, "api").await?))
     }
 
     async fn cancel(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {

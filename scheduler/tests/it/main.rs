@@ -3,3 +3,4 @@
 mod node;
 mod sim;
 mod store;
+mod waits;

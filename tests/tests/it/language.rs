@@ -1,4 +1,7 @@
-//! Step control in real runs: `when`, `retry` with backoff, `on_error: continue`.
+//! Step control in real runs: `when`, `retry` with backoff, `on_error: continue`, approvals,
+//! sleeps and run timeouts.
+
+use std::time::Duration;
 
 use baton_tests::{Dev, scratch_library};
 
@@ -150,4 +153,98 @@ fn concurrency_limits_runs_and_overlap_skip_records_skipped_ticks() {
         assert!(std::time::Instant::now() < deadline, "no skipped ticks yet: {list:#?}");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+
+const GATED: &str = r#"
+name: gated
+params:
+  service: { type: string, default: web }
+steps:
+  - id: pause
+    sleep: 300ms
+  - id: approve
+    approval:
+      approvers: [alice, "group:sre"]
+      min_approvals: 2
+      timeout: 1h
+      message: "Restart {{ params.service }}?"
+  - id: restart
+    action: exec
+    with: { command: ["echo", "restarting {{ params.service }}, approved by {{ steps.approve.outputs.approved_by }}"] }
+"#;
+
+const IMPATIENT: &str = r#"
+name: impatient
+timeout: 1s
+steps:
+  - id: ask
+    approval: { approvers: [alice], timeout: 300ms }
+    on_error: continue
+  - id: slow
+    action: exec
+    with: { command: ["sleep", "600"] }
+"#;
+
+#[test]
+fn approvals_sleeps_and_run_timeouts_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("gated.yaml", GATED), ("impatient.yaml", IMPATIENT)]);
+    let dev = Dev::start_with(&tmp.path().join("data"), &lib, &["--group", "sre=bob,carol"]);
+    let id = dev.json(&["run", "start", "gated", "-p", "service=api"])["id"].as_str().unwrap().to_string();
+    let waiting = |r: &serde_json::Value| r["steps"][1]["state"] == "waiting";
+    let run = dev.wait_run(&id, Duration::from_secs(30), waiting);
+    let pause = &run["steps"][0];
+    assert_eq!(pause["state"], "succeeded");
+    assert!(pause["finished_at_ms"].as_i64().unwrap() - pause["started_at_ms"].as_i64().unwrap() >= 300);
+    assert!(pause["attempts"].as_array().unwrap().is_empty(), "a sleep needs no worker: {run:#}");
+    assert_eq!(run["steps"][1]["approval"]["prompt"], "Restart api?");
+    let shown = dev.cli(&["run", "show", &id]);
+    assert!(shown.stdout.contains("waiting for approval (0/2 from alice, group:sre"), "{shown}");
+
+    // Someone who is not an approver is refused, and nothing is recorded.
+    let out = dev.cli(&["run", "approve", &id, "--as", "mallory"]);
+    assert!(!out.ok(), "{out}");
+    assert!(out.stderr.contains("mallory may not decide on step approve"), "{out}");
+    // One of two approvals; the same person again is refused.
+    let out = dev.cli(&["run", "approve", &id, "--as", "alice", "--reason", "checked the dashboards"]);
+    assert!(out.ok() && out.stdout.contains("1 of 2 approvals; still waiting"), "{out}");
+    let out = dev.cli(&["run", "approve", &id, "--as", "alice"]);
+    assert!(!out.ok() && out.stderr.contains("alice already decided"), "{out}");
+    // bob is in group sre (from --group): the second approval; the run goes on and finishes.
+    let out = dev.cli(&["run", "approve", &id, "--step", "approve", "--as", "bob"]);
+    assert!(out.ok(), "{out}");
+    let run = dev.wait_run(&id, Duration::from_secs(30), |r| r["state"] != "running");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][2]["stdout_tail"], "restarting api, approved by alice,bob\n");
+    let decisions = run["steps"][1]["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0]["principal"], "alice");
+    assert_eq!(decisions[0]["reason"], "checked the dashboards");
+    assert_eq!(decisions[0]["via"], "api");
+    assert!(dev.cli(&["run", "show", &id]).stdout.contains("approve approved by bob via api"));
+    let out = dev.cli(&["run", "deny", &id, "--as", "carol"]);
+    assert!(!out.ok() && out.stderr.contains("waits for no approval"), "{out}");
+
+    // A denial fails the run (exit 3 for a waited run) with who denied and why.
+    let id = dev.json(&["run", "start", "gated"])["id"].as_str().unwrap().to_string();
+    dev.wait_run(&id, Duration::from_secs(30), waiting);
+    let out = dev.cli(&["run", "deny", &id, "--as", "carol", "--reason", "not during the sale"]);
+    assert!(out.ok(), "{out}");
+    let run = dev.json(&["run", "show", &id]);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["error"], "step approve failed: denied by carol: not during the sale");
+    assert_eq!(run["steps"][2]["state"], "pending", "the restart never ran: {run:#}");
+
+    // Nobody answers: the approval is denied at its timeout (tolerated here), then the run's
+    // own timeout stops the slow step and fails the run.
+    let out = dev.cli(&["run", "start", "impatient", "--wait"]);
+    assert_eq!(out.code, 3, "{out}");
+    let id = out.stdout.split_whitespace().nth(1).unwrap().to_string();
+    let run = dev.json(&["run", "show", &id]);
+    assert_eq!(run["state"], "failed", "{run:#}");
+    assert!(run["error"].as_str().unwrap().contains("the run's timeout (1s) passed"), "{run:#}");
+    assert_eq!(run["steps"][0]["state"], "failed");
+    assert_eq!(run["steps"][0]["error"], "denied: no decision within 300ms (0 of 1 approval(s))");
+    assert_eq!(run["steps"][1]["state"], "cancelled");
+    assert_eq!(run["steps"][1]["attempts"][0]["state"], "cancelled", "{run:#}");
 }

@@ -8,4 +8,5 @@ mod deploy;
 mod e2e;
 mod language;
 mod membership;
+mod preview;
 mod restart;
