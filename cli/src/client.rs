@@ -76,9 +76,47 @@ pub enum RunCommand {
         /// Why (recorded with the run).
         #[arg(long, default_value = "")]
         reason: String,
+        /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Pause a run: no further step starts until it is resumed (running steps go on).
+    Pause(ActionArgs),
+    /// Resume a paused run.
+    Resume(ActionArgs),
+    /// Run a failed, cancelled or needs_attention run again from a step (default: the first
+    /// step that did not succeed); that step and every later one start afresh.
+    Retry {
+        #[command(flatten)]
+        action: ActionArgs,
+        /// The step to start from.
+        #[arg(long = "from")]
+        from_step: Option<String>,
+        /// Follow the run to its end; exit non-zero unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Go on with a needs_attention run after its lost step, counting that step as skipped.
+    Skip(ActionArgs),
+    /// End a run as failed now (running steps are stopped); --reason is required.
+    ForceFail(ActionArgs),
+}
+
+/// Options of the operator actions on a run.
+#[derive(clap::Args, Debug)]
+pub struct ActionArgs {
+    /// Run id.
+    pub id: String,
+    /// Why (recorded in the run's history).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+    #[arg(long = "as", env = "BATON_PRINCIPAL")]
+    pub principal: Option<String>,
+    #[command(flatten)]
+    pub opts: ClientOpts,
 }
 
 /// Options of `baton run approve` and `baton run deny`.
@@ -296,7 +334,11 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
                         vec![
                             r.id.clone(),
                             r.runbook.clone(),
-                            r.state.as_str().into(),
+                            if r.paused && !r.state.is_terminal() {
+                                format!("{} (paused)", r.state.as_str())
+                            } else {
+                                r.state.as_str().into()
+                            },
                             trigger_text(r),
                             time(r.created_at_ms),
                             elapsed(r.started_at_ms, r.finished_at_ms),
@@ -343,9 +385,28 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
         }
         RunCommand::Approve(args) => decide(args, true).await,
         RunCommand::Deny(args) => decide(args, false).await,
-        RunCommand::Cancel { id, reason, opts } => {
+        RunCommand::Pause(a) => run_action(a, None, "pause").await,
+        RunCommand::Resume(a) => run_action(a, None, "resume").await,
+        RunCommand::Skip(a) => run_action(a, None, "skip").await,
+        RunCommand::ForceFail(a) => run_action(a, None, "force-fail").await,
+        RunCommand::Retry { action, from_step, wait } => {
+            let opts = action.opts.clone();
+            if !wait {
+                return run_action(action, from_step, "retry").await;
+            }
             let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
-            let run = run_from_pb(client.cancel(pb::CancelRunRequest { id, reason }).await?.into_inner())?;
+            let request = action_request(&action, from_step);
+            let run = run_from_pb(client.retry(request).await?.into_inner())?;
+            if opts.output == OutputFormat::Table {
+                println!("run {} of {} goes on (version {})", run.id, run.runbook, run.version);
+            }
+            let run = follow(&mut client, run, opts.output).await?;
+            finish(&run, opts.output)
+        }
+        RunCommand::Cancel { id, reason, principal, opts } => {
+            let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+            let principal = principal_or_user(principal).unwrap_or_default();
+            let run = run_from_pb(client.cancel(pb::CancelRunRequest { id, reason, principal }).await?.into_inner())?;
             if opts.output == OutputFormat::Json {
                 print_json(&run)?;
             } else if run.state.is_terminal() {
@@ -358,13 +419,48 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `--as`, else `$USER`.
+fn principal_or_user(given: Option<String>) -> Option<String> {
+    given.or_else(|| std::env::var("USER").ok()).filter(|p| !p.is_empty())
+}
+
+fn action_request(a: &ActionArgs, from_step: Option<String>) -> pb::RunActionRequest {
+    pb::RunActionRequest {
+        run_id: a.id.clone(),
+        principal: principal_or_user(a.principal.clone()).unwrap_or_default(),
+        reason: a.reason.clone(),
+        step_id: from_step.unwrap_or_default(),
+    }
+}
+
+/// `baton run pause|resume|retry|skip|force-fail`.
+async fn run_action(a: ActionArgs, from_step: Option<String>, verb: &str) -> anyhow::Result<ExitCode> {
+    if verb == "force-fail" && a.reason.trim().is_empty() {
+        bail!("say why with --reason TEXT: a forced failure is recorded with its reason");
+    }
+    let mut client = pb::run_service_client::RunServiceClient::new(channel(&a.opts).await?);
+    let request = action_request(&a, from_step);
+    let run = match verb {
+        "pause" => client.pause(request).await,
+        "resume" => client.resume(request).await,
+        "retry" => client.retry(request).await,
+        "skip" => client.skip(request).await,
+        _ => client.force_fail(request).await,
+    }?;
+    let run = run_from_pb(run.into_inner())?;
+    if a.opts.output == OutputFormat::Json {
+        print_json(&run)?;
+    } else {
+        let paused = if run.paused { " (paused)" } else { "" };
+        println!("run {} is {}{paused}", run.id, run.state.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `baton run approve|deny`.
 async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
     let DecideArgs { id, step, reason, principal, opts } = args;
-    let principal = principal
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|p| !p.is_empty())
-        .context("say who decides: --as NAME (or set BATON_PRINCIPAL)")?;
+    let principal = principal_or_user(principal).context("say who decides: --as NAME (or set BATON_PRINCIPAL)")?;
     let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
     let request = pb::DecideRequest { run_id: id, step_id: step.unwrap_or_default(), principal, reason };
     let run = if approve { client.approve(request).await } else { client.deny(request).await }?.into_inner();
@@ -516,6 +612,9 @@ fn describe(run: &Run) -> String {
     if run.missed_ticks > 0 {
         out.push_str(&format!("missed ticks: {}\n", run.missed_ticks));
     }
+    if run.paused {
+        out.push_str("paused:    yes (no further step starts until `baton run resume`)\n");
+    }
     if let Some(e) = &run.error {
         out.push_str(&format!("error:     {e}\n"));
     }
@@ -566,6 +665,14 @@ fn describe(run: &Run) -> String {
         }
         if !s.stderr_tail.is_empty() && s.state != StepState::Succeeded {
             out.push_str(&format!("\n{} stderr (tail):\n{}", s.id, with_newline(&s.stderr_tail)));
+        }
+    }
+    if !run.events.is_empty() {
+        out.push_str("\nhistory:");
+        for e in &run.events {
+            let who = if e.principal.is_empty() { "someone" } else { e.principal.as_str() };
+            let detail = if e.detail.is_empty() { String::new() } else { format!(": {}", e.detail) };
+            out.push_str(&format!("\n  {} {} by {who} via {}{detail}", time(e.at_ms), e.action, e.via));
         }
     }
     out.push('\n');

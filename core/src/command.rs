@@ -12,6 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::run::AttemptState;
 use crate::{Runbook, Schedule};
 
+/// Who asked for an operator action, and through what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The principal (empty when the client did not say).
+    pub principal: String,
+    /// `api`, `slack`, `mattermost`, `alertmanager`...
+    pub via: String,
+}
+
 /// One entry's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
@@ -135,6 +144,53 @@ pub enum Op {
         run_id: String,
         /// Operator's reason.
         reason: String,
+        /// Who asked.
+        #[serde(default)]
+        by: Actor,
+    },
+    /// No further step of the run starts until it is resumed.
+    PauseRun {
+        /// Run id.
+        run_id: String,
+        /// Why.
+        reason: String,
+        /// Who asked.
+        by: Actor,
+    },
+    /// A paused run goes on.
+    ResumeRun {
+        /// Run id.
+        run_id: String,
+        /// Who asked.
+        by: Actor,
+    },
+    /// A failed, cancelled or needs-attention run goes on again from a step (default: the
+    /// first one that did not succeed); that step and every later one start afresh.
+    RetryRun {
+        /// Run id.
+        run_id: String,
+        /// The step to start from.
+        from_step: Option<String>,
+        /// Who asked.
+        by: Actor,
+    },
+    /// A needs-attention run goes on after its lost step, counting it as skipped.
+    SkipLost {
+        /// Run id.
+        run_id: String,
+        /// Why it is safe to go on.
+        reason: String,
+        /// Who asked.
+        by: Actor,
+    },
+    /// An operator ends a run as failed now (running attempts are asked to stop).
+    ForceFail {
+        /// Run id.
+        run_id: String,
+        /// Why (required).
+        reason: String,
+        /// Who asked.
+        by: Actor,
     },
     /// The run's next step is an approval or a sleep: it starts waiting, until `at_ms` plus
     /// the sleep's duration or the approval's timeout.
@@ -197,6 +253,11 @@ impl Op {
             Op::AttemptFinished { .. } => "attempt_finished",
             Op::AttemptLost { .. } => "attempt_lost",
             Op::CancelRun { .. } => "cancel_run",
+            Op::PauseRun { .. } => "pause_run",
+            Op::ResumeRun { .. } => "resume_run",
+            Op::RetryRun { .. } => "retry_run",
+            Op::SkipLost { .. } => "skip_lost",
+            Op::ForceFail { .. } => "force_fail",
             Op::OpenWait { .. } => "open_wait",
             Op::WaitElapsed { .. } => "wait_elapsed",
             Op::Decide { .. } => "decide",

@@ -233,6 +233,10 @@ pub struct StepRun {
     /// An approval step's rendered question and who may answer it (set when it opens).
     #[serde(default)]
     pub approval: Option<ApprovalRequest>,
+    /// Attempts made before an operator retried the step; its `retry` policy counts the
+    /// attempts after them.
+    #[serde(default)]
+    pub retry_base: u32,
 }
 
 /// What an open approval step asks, and of whom.
@@ -283,6 +287,7 @@ impl StepRun {
             deadline_ms: 0,
             decisions: Vec::new(),
             approval: None,
+            retry_base: 0,
         }
     }
 
@@ -328,6 +333,32 @@ pub struct Run {
     /// The run's own `timeout` passed: once stopped, it ends `failed`, not `cancelled`.
     #[serde(default)]
     pub timed_out: bool,
+    /// An operator paused it: no further step starts until it is resumed (running attempts
+    /// go on).
+    #[serde(default)]
+    pub paused: bool,
+    /// The run's `timeout` counts from here: its creation, or the last operator retry.
+    #[serde(default)]
+    pub timer_start_ms: i64,
+    /// What people did to the run (cancel, pause, resume, retry, skip, force-fail, approve,
+    /// deny), oldest first.
+    #[serde(default)]
+    pub events: Vec<RunEvent>,
+}
+
+/// One operator action on a run, for its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// When it was committed (leader time).
+    pub at_ms: i64,
+    /// Who did it (empty when the client did not say).
+    pub principal: String,
+    /// Where it came from: `api`, `slack`, `mattermost`, `alertmanager`...
+    pub via: String,
+    /// `cancel`, `pause`, `resume`, `retry`, `skip`, `force_fail`, `approve`, `deny`.
+    pub action: String,
+    /// The reason given, or what the action did (`from step restart`).
+    pub detail: String,
 }
 
 impl Run {

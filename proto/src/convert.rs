@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use baton_core::run::{
-    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunState, StepRun, StepState, Trigger,
+    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunEvent, RunState, StepRun, StepState, Trigger,
 };
 
 use crate::v1 as pb;
@@ -133,6 +133,19 @@ pub fn run_to_pb(r: &Run) -> pb::Run {
         missed_ticks: r.missed_ticks,
         cancel_requested: r.cancel_requested,
         timed_out: r.timed_out,
+        paused: r.paused,
+        events: r
+            .events
+            .iter()
+            .map(|e| pb::RunEvent {
+                at_ms: e.at_ms,
+                principal: e.principal.clone(),
+                via: e.via.clone(),
+                action: e.action.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect(),
+        timer_start_ms: r.timer_start_ms,
     }
 }
 
@@ -167,6 +180,7 @@ fn step_to_pb(s: &StepRun) -> pb::StepRun {
             approvers: a.approvers.clone(),
             min_approvals: a.min_approvals,
         }),
+        retry_base: s.retry_base,
     }
 }
 
@@ -215,6 +229,19 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
         missed_ticks: r.missed_ticks,
         cancel_requested: r.cancel_requested,
         timed_out: r.timed_out,
+        paused: r.paused,
+        events: r
+            .events
+            .into_iter()
+            .map(|e| RunEvent {
+                at_ms: e.at_ms,
+                principal: e.principal,
+                via: e.via,
+                action: e.action,
+                detail: e.detail,
+            })
+            .collect(),
+        timer_start_ms: r.timer_start_ms,
     })
 }
 
@@ -250,6 +277,7 @@ fn step_from_pb(s: pb::StepRun) -> Result<StepRun, ConvertError> {
             approvers: a.approvers,
             min_approvals: a.min_approvals,
         }),
+        retry_base: s.retry_base,
     })
 }
 
@@ -323,6 +351,7 @@ mod tests {
                         approvers: vec!["alice".into(), "group:sre".into()],
                         min_approvals: 2,
                     }),
+                    retry_base: 1,
                     ..StepRun::pending("approve")
                 },
             ],
@@ -334,6 +363,15 @@ mod tests {
             missed_ticks: 0,
             cancel_requested: false,
             timed_out: true,
+            paused: true,
+            timer_start_ms: 4,
+            events: vec![RunEvent {
+                at_ms: 4,
+                principal: "bob".into(),
+                via: "slack".into(),
+                action: "pause".into(),
+                detail: "wait for the sale".into(),
+            }],
         };
         assert_eq!(run_from_pb(run_to_pb(&run)), Ok(run));
     }

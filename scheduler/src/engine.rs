@@ -156,7 +156,11 @@ impl Engine {
             }
             let limit = state.runbook_of(run).and_then(|rb| rb.timeout_ms);
             if let Some(limit) = limit
-                && view.now_ms >= run.created_at_ms.saturating_add(i64::try_from(limit).unwrap_or(i64::MAX))
+                && view.now_ms
+                    >= run
+                        .created_at_ms
+                        .max(run.timer_start_ms)
+                        .saturating_add(i64::try_from(limit).unwrap_or(i64::MAX))
             {
                 if self.claim(format!("timeout:{run_id}"), view.now_ms) {
                     ops.push(Op::TimeoutRun { run_id: run_id.clone() });
@@ -248,7 +252,7 @@ impl Engine {
 /// The run's next step if it waits for an attempt: (step index, attempts made so far).
 fn pending_step(state: &State, run_id: &str) -> Option<(usize, usize)> {
     let run = state.runs.get(run_id)?;
-    if run.cancel_requested || !state.active_runs.contains(run_id) {
+    if run.cancel_requested || run.paused || !state.active_runs.contains(run_id) {
         return None;
     }
     let si = next_step(run)?;

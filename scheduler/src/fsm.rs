@@ -9,9 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_core::command::{Command, Op};
+use baton_core::command::{Actor, Command, Op};
 use baton_core::run::{
-    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunState, StepRun, StepState, Trigger,
+    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunEvent, RunState, StepRun, StepState, Trigger,
 };
 use baton_core::runbook::Action;
 use baton_core::{Runbook, Schedule};
@@ -194,7 +194,17 @@ impl State {
                 };
                 self.attempt_finished(now, attempt_id, result, &mut fx)
             }
-            Op::CancelRun { run_id, reason } => self.cancel_run(now, &run_id, reason, &mut fx),
+            Op::CancelRun { run_id, reason, by } => {
+                if self.runs.get(&run_id).is_some_and(|r| !r.state.is_terminal()) {
+                    self.record(&run_id, now, &by, "cancel", &reason);
+                }
+                self.cancel_run(now, &run_id, reason, &mut fx)
+            }
+            Op::PauseRun { run_id, reason, by } => self.pause_run(now, &run_id, reason, by, true, &mut fx),
+            Op::ResumeRun { run_id, by } => self.pause_run(now, &run_id, String::new(), by, false, &mut fx),
+            Op::RetryRun { run_id, from_step, by } => self.retry_run(now, &run_id, from_step.as_deref(), by, &mut fx),
+            Op::SkipLost { run_id, reason, by } => self.skip_lost(now, &run_id, reason, by, &mut fx),
+            Op::ForceFail { run_id, reason, by } => self.force_fail(now, &run_id, reason, by, &mut fx),
             Op::SkipStep { run_id, step_id, reason } => self.skip_step(now, &run_id, &step_id, reason, &mut fx),
             Op::OpenWait { run_id, step_id, prompt } => self.open_wait(now, &run_id, &step_id, prompt, &mut fx),
             Op::WaitElapsed { run_id, step_id } => self.wait_elapsed(now, &run_id, &step_id, &mut fx),
@@ -391,6 +401,9 @@ impl State {
             missed_ticks: 0,
             cancel_requested: false,
             timed_out: false,
+            paused: false,
+            timer_start_ms: 0,
+            events: Vec::new(),
         });
         let s = self.schedules.get_mut(name).expect("checked above");
         s.last_tick_ms = Some(tick_ms);
@@ -437,7 +450,7 @@ impl State {
         let Some(si) = next_step(run) else { return Reply::Done };
         let step = &mut run.steps[si];
         // Only the run's next pending step may be assigned, and only once at a time.
-        if step.id != a.step_id || step.state != StepState::Pending || run.cancel_requested {
+        if step.id != a.step_id || step.state != StepState::Pending || run.cancel_requested || run.paused {
             return Reply::Done;
         }
         let number = step.attempts.len() as u32 + 1;
@@ -506,6 +519,147 @@ impl State {
         Reply::Done
     }
 
+    /// Adds an operator action to the run's history.
+    fn record(&mut self, run_id: &str, now: i64, by: &Actor, action: &str, detail: &str) {
+        if let Some(run) = self.runs.get_mut(run_id) {
+            run.events.push(RunEvent {
+                at_ms: now,
+                principal: by.principal.clone(),
+                via: by.via.clone(),
+                action: action.to_string(),
+                detail: detail.to_string(),
+            });
+        }
+    }
+
+    fn pause_run(
+        &mut self,
+        now: i64,
+        run_id: &str,
+        reason: String,
+        by: Actor,
+        pause: bool,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        let verb = if pause { "paused" } else { "resumed" };
+        if run.state.is_terminal() || run.cancel_requested {
+            return Reply::Rejected(format!(
+                "run {run_id} is {}; only a run that has not ended can be {verb}",
+                run_state_text(run)
+            ));
+        }
+        if run.paused == pause {
+            let already = if pause { "is already paused" } else { "is not paused" };
+            return Reply::Rejected(format!("run {run_id} {already}"));
+        }
+        run.paused = pause;
+        self.record(run_id, now, &by, if pause { "pause" } else { "resume" }, &reason);
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn retry_run(&mut self, now: i64, run_id: &str, from: Option<&str>, by: Actor, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        if !matches!(run.state, RunState::Failed | RunState::Cancelled | RunState::NeedsAttention) {
+            return Reply::Rejected(format!(
+                "run {run_id} is {}; only a failed, cancelled or needs_attention run can be retried",
+                run_state_text(run)
+            ));
+        }
+        if self.runbook_of(run).is_none() {
+            return Reply::Rejected(format!("run {run_id} has no runbook version to run again; start a new run"));
+        }
+        let index = match from {
+            Some(id) => match run.steps.iter().position(|s| s.id == id) {
+                Some(i) => i,
+                None => {
+                    let ids: Vec<&str> = run.steps.iter().map(|s| s.id.as_str()).collect();
+                    return Reply::Rejected(format!(
+                        "run {run_id} has no step {id:?}; its steps are {}",
+                        if ids.is_empty() { "none".to_string() } else { ids.join(", ") }
+                    ));
+                }
+            },
+            None => match run.steps.iter().position(|s| !(s.state.is_done() || s.failure_tolerated)) {
+                Some(i) => i,
+                None => return Reply::Rejected(format!("run {run_id} has no step left to retry")),
+            },
+        };
+        let from_id = run.steps[index].id.clone();
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        for step in &mut run.steps[index..] {
+            let attempts = step.attempts.len() as u32;
+            let kept = std::mem::take(&mut step.attempts);
+            *step = StepRun { attempts: kept, retry_base: attempts, ..StepRun::pending(&step.id) };
+        }
+        let started = run.steps[..index].iter().any(|s| s.started_at_ms > 0);
+        run.state = if started { RunState::Running } else { RunState::Pending };
+        run.finished_at_ms = 0;
+        run.error = None;
+        run.cancel_requested = false;
+        run.timed_out = false;
+        run.paused = false;
+        run.timer_start_ms = now;
+        self.active_runs.insert(run_id.to_string());
+        self.record(run_id, now, &by, "retry", &format!("from step {from_id}"));
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn skip_lost(&mut self, now: i64, run_id: &str, reason: String, by: Actor, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        let lost = run.steps.iter().position(|s| s.state == StepState::Lost);
+        let (RunState::NeedsAttention, Some(si)) = (run.state, lost) else {
+            return Reply::Rejected(format!(
+                "run {run_id} is {}; only a needs_attention run can skip its lost step",
+                run_state_text(run)
+            ));
+        };
+        let step = &mut run.steps[si];
+        let who = if by.principal.is_empty() { "an operator".to_string() } else { by.principal.clone() };
+        step.state = StepState::Skipped;
+        step.error = Some(format!("outcome unknown; skipped by {who}{}", reason_suffix(&reason)));
+        step.finished_at_ms = now;
+        run.state = RunState::Running;
+        run.error = None;
+        self.active_runs.insert(run_id.to_string());
+        self.record(run_id, now, &by, "skip", &reason);
+        self.settle(run_id, now);
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
+    fn force_fail(&mut self, now: i64, run_id: &str, reason: String, by: Actor, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return Reply::Rejected(format!("run {run_id:?} does not exist"));
+        };
+        if run.state.is_terminal() {
+            return Reply::Rejected(format!("run {run_id} is {} already", run.state.as_str()));
+        }
+        let who = if by.principal.is_empty() { "an operator".to_string() } else { by.principal.clone() };
+        for step in run.steps.iter_mut().filter(|s| s.state == StepState::Waiting) {
+            step.state = StepState::Cancelled;
+            step.finished_at_ms = now;
+        }
+        // Running attempts are asked to stop; their results are still recorded when they come.
+        for a in run.steps.iter().filter_map(|s| s.active_attempt()) {
+            fx.push(Effect::CancelAttempt { worker: a.worker.clone(), attempt_id: a.id });
+        }
+        run.cancel_requested = true;
+        let error = format!("force-failed by {who}{}", reason_suffix(&reason));
+        self.finish_run(run_id, RunState::Failed, Some(error), now);
+        self.record(run_id, now, &by, "force_fail", &reason);
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
+    }
+
     /// The run's current step if it is `step_id` in `state`, with the step's action.
     fn current_step(&self, run_id: &str, step_id: &str, state: StepState) -> Option<(usize, Action)> {
         if !self.active_runs.contains(run_id) {
@@ -514,7 +668,11 @@ impl State {
         let run = self.runs.get(run_id)?;
         let si = next_step(run)?;
         let step = &run.steps[si];
-        if step.id != step_id || step.state != state || run.cancel_requested {
+        if step.id != step_id
+            || step.state != state
+            || run.cancel_requested
+            || (run.paused && state == StepState::Pending)
+        {
             return None;
         }
         Some((si, self.spec_of(run_id, si)?.action.clone()))
@@ -619,6 +777,9 @@ impl State {
         }
         let now = d.at_ms;
         let (approve, who, reason) = (d.approve, d.principal.clone(), d.reason.clone());
+        let by = Actor { principal: d.principal.clone(), via: d.via.clone() };
+        let action = if approve { "approve" } else { "deny" };
+        self.record(run_id, now, &by, action, &format!("step {id}{}", reason_suffix(&reason)));
         let run = self.runs.get_mut(run_id).expect("checked above");
         let step = &mut run.steps[si];
         step.decisions.push(d);
@@ -731,6 +892,22 @@ impl State {
             step.stdout_tail = r.stdout_tail;
             step.stderr_tail = r.stderr_tail;
         }
+        if run.state.is_terminal() {
+            // Force-failed while it ran: the outcome is recorded, the run's end stays as it is.
+            step.state = match attempt_state {
+                AttemptState::Succeeded => StepState::Succeeded,
+                AttemptState::Lost => StepState::Lost,
+                AttemptState::Cancelled => StepState::Cancelled,
+                _ => StepState::Failed,
+            };
+            step.finished_at_ms = now;
+            if attempt_state == AttemptState::Succeeded {
+                step.outputs = r.outputs;
+            }
+            fx.push(Effect::RunChanged(run_id));
+            fx.push(Effect::AckResult { worker, attempt_id });
+            return Reply::Done;
+        }
         let step_id = step.id.clone();
         let (step_state, run_end): (StepState, Option<(RunState, Option<String>)>) = match attempt_state {
             AttemptState::Succeeded => {
@@ -759,7 +936,7 @@ impl State {
                     _ => r.error.clone().unwrap_or_else(|| "failed".into()),
                 };
                 step.error = r.error.or_else(|| Some(what.clone()));
-                let made = step.attempts.len() as u32;
+                let made = (step.attempts.len() as u32).saturating_sub(step.retry_base);
                 match retry {
                     // Retried by policy: a new attempt after the backoff.
                     Some(policy) if made < policy.attempts && !cancel_requested => {
@@ -891,7 +1068,15 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         missed_ticks: count,
         cancel_requested: false,
         timed_out: false,
+        paused: false,
+        timer_start_ms: 0,
+        events: Vec::new(),
     }
+}
+
+/// ": REASON", or nothing for an empty reason.
+fn reason_suffix(reason: &str) -> String {
+    if reason.is_empty() { String::new() } else { format!(": {reason}") }
 }
 
 /// "failed", "needs_attention"... for messages about a run's state.
@@ -929,6 +1114,9 @@ fn new_run(
         missed_ticks: 0,
         cancel_requested: false,
         timed_out: false,
+        paused: false,
+        timer_start_ms: 0,
+        events: Vec::new(),
     }
 }
 
@@ -1114,7 +1302,7 @@ steps:
         assign(&mut s, 3, "r1", "one");
         finish(&mut s, 4, 3, AttemptState::Succeeded);
         assign(&mut s, 5, "r1", "two");
-        s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new() }));
+        s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new(), by: Default::default() }));
         s.apply(7, 1, cmd(6, Op::AttemptLost { attempt_id: 5, reason: "gone".into() }));
         assert_eq!(s.runs["r1"].state, RunState::Cancelled);
         assert_eq!(s.runs["r1"].steps[1].state, StepState::Lost);
@@ -1211,11 +1399,12 @@ steps:
     fn cancel_stops_pending_steps_and_asks_the_worker() {
         let mut s = state_with_runbook();
         start(&mut s, 2, "r1", None);
-        s.apply(3, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new() }));
+        s.apply(3, 1, cmd(5, Op::CancelRun { run_id: "r1".into(), reason: String::new(), by: Default::default() }));
         assert_eq!(s.runs["r1"].state, RunState::Cancelled);
         start(&mut s, 4, "r2", None);
         assign(&mut s, 5, "r2", "one");
-        let (_, fx) = s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r2".into(), reason: "stop".into() }));
+        let (_, fx) =
+            s.apply(6, 1, cmd(5, Op::CancelRun { run_id: "r2".into(), reason: "stop".into(), by: Default::default() }));
         assert!(fx.contains(&Effect::CancelAttempt { worker: "w1".into(), attempt_id: 5 }));
         assert_eq!(s.runs["r2"].state, RunState::Running);
         finish(&mut s, 7, 5, AttemptState::Cancelled);

@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use baton_core::command::Op;
+use baton_core::command::{Actor, Op};
 use baton_core::runbook::ParamError;
 use baton_proto::run_to_pb;
 use baton_proto::v1 as pb;
@@ -88,15 +88,8 @@ impl Api {
     /// where it came from (`api`, `slack`...). The state machine checks that the principal (or
     /// one of its groups) is an approver and has not decided yet.
     pub(crate) async fn decide(&self, req: pb::DecideRequest, approve: bool, via: &str) -> Result<pb::Run, ApiError> {
-        if req.principal.trim().is_empty() {
-            return Err(ApiError::invalid("principal", "is empty; say who decides"));
-        }
-        if req.principal.len() > MAX_PRINCIPAL {
-            return Err(ApiError::invalid("principal", format!("is longer than {MAX_PRINCIPAL} bytes")));
-        }
-        if req.reason.len() > MAX_REASON {
-            return Err(ApiError::invalid("reason", format!("is longer than {MAX_REASON} bytes")));
-        }
+        actor(&req.principal, via, true)?;
+        check_reason(&req.reason)?;
         self.get_run(&req.run_id)?;
         let groups: Vec<String> = self
             .groups
@@ -117,6 +110,42 @@ impl Api {
         self.propose(op).await?;
         self.get_run(&req.run_id)
     }
+
+    /// Checks an operator action's request, proposes the command `op` builds and returns the
+    /// run as it is afterwards.
+    async fn run_action(
+        &self,
+        req: &pb::RunActionRequest,
+        principal_required: bool,
+        op: impl FnOnce(Actor) -> Op,
+    ) -> Result<pb::Run, ApiError> {
+        check_reason(&req.reason)?;
+        let by = actor(&req.principal, "api", principal_required)?;
+        self.get_run(&req.run_id)?;
+        self.propose(op(by)).await?;
+        self.get_run(&req.run_id)
+    }
+}
+
+/// The principal of a request, checked; `via` is where it came from.
+pub(crate) fn actor(principal: &str, via: &str, required: bool) -> Result<Actor, ApiError> {
+    if required && principal.trim().is_empty() {
+        return Err(ApiError::invalid("principal", "is empty; say who decides"));
+    }
+    if principal.len() > MAX_PRINCIPAL {
+        return Err(ApiError::invalid("principal", format!("is longer than {MAX_PRINCIPAL} bytes")));
+    }
+    if principal.chars().any(char::is_control) {
+        return Err(ApiError::invalid("principal", "contains control characters"));
+    }
+    Ok(Actor { principal: principal.to_string(), via: via.to_string() })
+}
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.len() > MAX_REASON {
+        return Err(ApiError::invalid("reason", format!("is longer than {MAX_REASON} bytes")));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -244,10 +273,46 @@ impl pb::run_service_server::RunService for Api {
         Ok(Response::new(self.decide(req.into_inner(), false, "api").await?))
     }
 
+    async fn pause(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let op = |by| Op::PauseRun { run_id: req.run_id.clone(), reason: req.reason.clone(), by };
+        Ok(Response::new(self.run_action(&req, false, op).await?))
+    }
+
+    async fn resume(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let op = |by| Op::ResumeRun { run_id: req.run_id.clone(), by };
+        Ok(Response::new(self.run_action(&req, false, op).await?))
+    }
+
+    async fn retry(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let from_step = (!req.step_id.is_empty()).then(|| req.step_id.clone());
+        let op = |by| Op::RetryRun { run_id: req.run_id.clone(), from_step, by };
+        Ok(Response::new(self.run_action(&req, false, op).await?))
+    }
+
+    async fn skip(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let op = |by| Op::SkipLost { run_id: req.run_id.clone(), reason: req.reason.clone(), by };
+        Ok(Response::new(self.run_action(&req, false, op).await?))
+    }
+
+    async fn force_fail(&self, req: Request<pb::RunActionRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        if req.reason.trim().is_empty() {
+            return Err(ApiError::invalid("reason", "is required: say why the run is failed by hand").into());
+        }
+        let op = |by| Op::ForceFail { run_id: req.run_id.clone(), reason: req.reason.clone(), by };
+        Ok(Response::new(self.run_action(&req, false, op).await?))
+    }
+
     async fn cancel(&self, req: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
         let req = req.into_inner();
         self.get_run(&req.id)?;
-        self.propose(Op::CancelRun { run_id: req.id.clone(), reason: req.reason }).await?;
+        check_reason(&req.reason)?;
+        let by = actor(&req.principal, "api", false)?;
+        self.propose(Op::CancelRun { run_id: req.id.clone(), reason: req.reason, by }).await?;
         Ok(Response::new(self.get_run(&req.id)?))
     }
 }

@@ -1,6 +1,8 @@
 //! baton-scheduler's integration tests: the store conformance suite and whole nodes in-process.
 
 mod node;
+mod operations;
 mod sim;
 mod store;
 mod waits;
+mod world;

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use baton_core::Runbook;
-use baton_core::command::{Command, Op};
+use baton_core::command::Op;
 use baton_core::run::{AttemptState, RunState, StepState};
-use baton_scheduler::engine::{Engine, View, WorkerSlot};
-use baton_scheduler::fsm::{Effect, Reply, State};
+use baton_scheduler::engine::{View, WorkerSlot};
+use baton_scheduler::fsm::{Effect, Reply};
+
+use crate::world::{World, rejected};
 
 const GATED: &str = r#"
 name: gated
@@ -49,91 +50,6 @@ steps:
   - id: anyway
     sleep: 1s
 "#;
-
-struct World {
-    state: State,
-    engine: Engine,
-    index: u64,
-    now: i64,
-    workers: Vec<WorkerSlot>,
-}
-
-impl World {
-    fn new(runbooks: &[&str]) -> World {
-        let mut w = World {
-            state: State::default(),
-            engine: Engine::new(),
-            index: 0,
-            now: 1_000,
-            workers: vec![WorkerSlot { id: "w1".into(), capacity: 4 }],
-        };
-        for text in runbooks {
-            w.apply(Op::ApplyRunbook { runbook: Runbook::parse("rb.yaml", text).unwrap() });
-        }
-        w
-    }
-
-    fn apply(&mut self, op: Op) -> (Reply, Vec<Effect>) {
-        self.index += 1;
-        self.state.apply(self.index, 1, Command { at_ms: self.now, op })
-    }
-
-    fn start(&mut self, id: &str, runbook: &str) {
-        let op =
-            Op::StartRun { run_id: id.into(), runbook: runbook.into(), params: BTreeMap::new(), idempotency_key: None };
-        assert!(matches!(self.apply(op).0, Reply::Run { .. }));
-    }
-
-    /// Lets the engine decide at the current time and applies everything it proposes.
-    fn step(&mut self) -> Vec<Op> {
-        let view = View {
-            now_ms: self.now,
-            leader_since_ms: 0,
-            workers: self.workers.clone(),
-            departed: HashMap::new(),
-            worker_grace_ms: 1_000,
-        };
-        let ops = self.engine.decide(&self.state, &view);
-        for op in ops.clone() {
-            self.apply(op);
-        }
-        ops
-    }
-
-    fn advance(&mut self, ms: i64) -> Vec<Op> {
-        self.now += ms;
-        self.step()
-    }
-
-    fn decide(&mut self, run: &str, who: &str, groups: &[&str], approve: bool, reason: &str) -> Reply {
-        let op = Op::Decide {
-            run_id: run.into(),
-            step_id: None,
-            principal: who.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            approve,
-            reason: reason.into(),
-            via: "api".into(),
-            request_id: format!("{who}-{approve}-{}", self.index),
-        };
-        self.apply(op).0
-    }
-
-    fn step_state(&self, run: &str, step: usize) -> StepState {
-        self.state.runs[run].steps[step].state
-    }
-
-    fn run_state(&self, run: &str) -> RunState {
-        self.state.runs[run].state
-    }
-}
-
-fn rejected(reply: Reply) -> String {
-    match reply {
-        Reply::Rejected(why) => why,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
 
 #[test]
 fn a_sleep_ends_at_its_deadline_and_an_approval_needs_enough_approvers() {
@@ -287,7 +203,7 @@ fn a_run_past_its_timeout_is_stopped_and_fails() {
     // A cancel while waiting for an approval ends the run at once, the waiting step cancelled.
     w.start("r2", "gated");
     w.step();
-    w.apply(Op::CancelRun { run_id: "r2".into(), reason: "no longer needed".into() });
+    w.apply(Op::CancelRun { run_id: "r2".into(), reason: "no longer needed".into(), by: Default::default() });
     assert_eq!(w.run_state("r2"), RunState::Cancelled);
     assert_eq!(w.step_state("r2", 0), StepState::Cancelled);
     assert!(w.step().is_empty());

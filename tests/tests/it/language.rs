@@ -248,3 +248,77 @@ fn approvals_sleeps_and_run_timeouts_through_the_cli() {
     assert_eq!(run["steps"][1]["state"], "cancelled");
     assert_eq!(run["steps"][1]["attempts"][0]["state"], "cancelled", "{run:#}");
 }
+
+const OPS: &str = r#"
+name: ops
+params:
+  marker: { type: string, required: true }
+  nap: { type: string, default: "0" }
+steps:
+  - id: first
+    action: exec
+    with: { command: ["sleep", "{{ params.nap }}"] }
+  - id: check
+    action: exec
+    with:
+      command: ["sh", "-c", "test -f \"$M\" || { echo \"no $M\" >&2; exit 1; }"]
+      env: { M: "{{ params.marker }}" }
+  - id: last
+    action: exec
+    with: { command: ["echo", "done"] }
+"#;
+
+#[test]
+fn pause_resume_retry_and_force_fail_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("ops.yaml", OPS)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    let marker = tmp.path().join("marker");
+    let marker_param = format!("marker={}", marker.display());
+
+    // Fails at `check`; once the cause is fixed, retry goes on from there and succeeds.
+    let out = dev.cli(&["run", "start", "ops", "-p", &marker_param, "--wait"]);
+    assert_eq!(out.code, 3, "{out}");
+    let id = out.stdout.split_whitespace().nth(1).unwrap().to_string();
+    std::fs::write(&marker, "").unwrap();
+    let out = dev.cli(&["run", "retry", &id, "--as", "alice", "--wait"]);
+    assert!(out.ok(), "{out}");
+    let run = dev.json(&["run", "show", &id]);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][0]["attempts"].as_array().unwrap().len(), 1, "first is not run again");
+    assert_eq!(run["steps"][1]["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(run["events"][0]["action"], "retry");
+    assert_eq!(run["events"][0]["principal"], "alice");
+    assert!(dev.cli(&["run", "show", &id]).stdout.contains("retry by alice via api: from step check"));
+    let out = dev.cli(&["run", "retry", &id, "--from", "nope"]);
+    assert!(!out.ok() && out.stderr.contains("is succeeded; only a failed"), "{out}");
+
+    // Paused while `first` runs: it finishes, `check` does not start until resumed.
+    let id = dev.json(&["run", "start", "ops", "-p", &marker_param, "-p", "nap=1"])["id"].as_str().unwrap().to_string();
+    dev.wait_run(&id, Duration::from_secs(30), |r| r["steps"][0]["state"] == "running");
+    let out = dev.cli(&["run", "pause", &id, "--as", "bob", "--reason", "change freeze"]);
+    assert!(out.ok() && out.stdout.contains("(paused)"), "{out}");
+    dev.wait_run(&id, Duration::from_secs(30), |r| r["steps"][0]["state"] == "succeeded");
+    let list = dev.cli(&["run", "list"]);
+    assert!(list.stdout.contains("running (paused)"), "{list}");
+    assert_eq!(dev.json(&["run", "show", &id])["steps"][1]["state"], "pending");
+    let out = dev.cli(&["run", "resume", &id, "--as", "bob"]);
+    assert!(out.ok(), "{out}");
+    let run = dev.wait_run(&id, Duration::from_secs(30), |r| r["state"] != "running");
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+
+    // Force-fail needs a reason; it ends the run at once and the worker stops the step.
+    let id =
+        dev.json(&["run", "start", "ops", "-p", &marker_param, "-p", "nap=600"])["id"].as_str().unwrap().to_string();
+    dev.wait_run(&id, Duration::from_secs(30), |r| r["steps"][0]["state"] == "running");
+    let out = dev.cli(&["run", "force-fail", &id]);
+    assert!(!out.ok() && out.stderr.contains("--reason"), "{out}");
+    let out = dev.cli(&["run", "force-fail", &id, "--as", "carol", "--reason", "wrong cluster"]);
+    assert!(out.ok(), "{out}");
+    let run = dev.json(&["run", "show", &id]);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["error"], "force-failed by carol: wrong cluster");
+    let run = dev.wait_run(&id, Duration::from_secs(30), |r| r["steps"][0]["state"] == "cancelled");
+    assert_eq!(run["steps"][0]["attempts"][0]["state"], "cancelled", "{run:#}");
+    assert_eq!(run["state"], "failed");
+}
