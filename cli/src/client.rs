@@ -198,6 +198,65 @@ pub enum ScheduleCommand {
     },
     /// Print when a cron expression would fire, as the scheduler fires it (no server needed).
     Preview(crate::preview::PreviewArgs),
+    /// Run a schedule now, under its overlap policy.
+    Trigger {
+        /// Schedule name.
+        name: String,
+        /// Follow the run to its end; exit non-zero unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+        /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Run the past ticks in [FROM, TO] that have no run yet, one at a time, oldest first.
+    Backfill {
+        /// Schedule name.
+        name: String,
+        /// First instant, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, value_parser = parse_rfc3339)]
+        from: i64,
+        /// Last instant, RFC 3339 (default: now).
+        #[arg(long, value_parser = parse_rfc3339)]
+        to: Option<i64>,
+        /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Stop a schedule's ticks from firing until it is unpaused.
+    Pause {
+        /// Schedule name.
+        name: String,
+        /// Why (shown by `schedule list`).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Let a paused schedule fire again; the ticks it skipped are recorded as missed.
+    Unpause {
+        /// Schedule name.
+        name: String,
+        /// Who asks [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// Parses an RFC 3339 time to unix milliseconds.
+fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-01T00:00:00Z, found {s:?} ({e})"))
 }
 
 /// `baton cluster ...`
@@ -594,6 +653,10 @@ fn trigger_text(r: &Run) -> String {
     match &r.trigger {
         baton_core::run::Trigger::Api => "api".into(),
         baton_core::run::Trigger::Schedule { name, tick_ms } => format!("schedule {name} @{}", time(*tick_ms)),
+        baton_core::run::Trigger::Manual { schedule } => format!("schedule {schedule} (manual)"),
+        baton_core::run::Trigger::Backfill { schedule, tick_ms } => {
+            format!("schedule {schedule} @{} (backfill)", time(*tick_ms))
+        }
     }
 }
 
@@ -852,9 +915,63 @@ fn runbook_json(r: &pb::Runbook) -> serde_json::Value {
 
 /// `baton schedule ...`
 pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    type Client = pb::schedule_service_client::ScheduleServiceClient<Channel>;
     let opts = match cmd {
         ScheduleCommand::List { opts } => opts,
         ScheduleCommand::Preview(args) => return crate::preview::preview(args),
+        ScheduleCommand::Trigger { name, wait, principal, opts } => {
+            let ch = channel(&opts).await?;
+            let principal = principal_or_user(principal).unwrap_or_default();
+            let run = Client::new(ch.clone()).trigger(pb::TriggerScheduleRequest { name, principal }).await?;
+            let run = run_from_pb(run.into_inner())?;
+            if !wait {
+                if opts.output == OutputFormat::Json {
+                    print_json(&run)?;
+                } else {
+                    println!("{}", run.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            if opts.output == OutputFormat::Table {
+                println!("run {} of {} (version {})", run.id, run.runbook, run.version);
+            }
+            let mut client = pb::run_service_client::RunServiceClient::new(ch);
+            let run = follow(&mut client, run, opts.output).await?;
+            return finish(&run, opts.output);
+        }
+        ScheduleCommand::Backfill { name, from, to, principal, opts } => {
+            let principal = principal_or_user(principal).unwrap_or_default();
+            let to_ms = to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
+            let request = pb::BackfillRequest { name, from_ms: from, to_ms, principal };
+            let resp = Client::new(channel(&opts).await?).backfill(request).await?.into_inner();
+            if opts.output == OutputFormat::Json {
+                print_json(&serde_json::json!({ "run_ids": resp.run_ids, "existing": resp.existing }))?;
+            } else {
+                for id in &resp.run_ids {
+                    println!("{id}");
+                }
+                eprintln!(
+                    "{} run(s) created (they run one at a time, oldest first); {} tick(s) in the range already had a run",
+                    resp.run_ids.len(),
+                    resp.existing
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::Pause { name, note, principal, opts } => {
+            let principal = principal_or_user(principal).unwrap_or_default();
+            let request = pb::PauseScheduleRequest { name, note, principal };
+            let s = Client::new(channel(&opts).await?).pause(request).await?.into_inner();
+            println!("schedule {} is paused ({})", s.name, s.pause_note);
+            return Ok(ExitCode::SUCCESS);
+        }
+        ScheduleCommand::Unpause { name, principal, opts } => {
+            let principal = principal_or_user(principal).unwrap_or_default();
+            let request = pb::PauseScheduleRequest { name, note: String::new(), principal };
+            let s = Client::new(channel(&opts).await?).unpause(request).await?.into_inner();
+            println!("schedule {} fires again; next tick {}", s.name, time(s.next_fire_at_ms));
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     let mut client = pb::schedule_service_client::ScheduleServiceClient::new(channel(&opts).await?);
     let list = client.list(req(&opts, pb::ListSchedulesRequest {})).await?.into_inner().schedules;
@@ -867,6 +984,9 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                     "params": serde_json::from_str::<serde_json::Value>(&s.params_json).ok(),
                     "next_fire_at_ms": s.next_fire_at_ms, "last_tick_ms": s.last_tick_ms,
                     "runs_fired": s.runs_fired, "ticks_missed": s.ticks_missed, "description": s.description,
+                    "overlap": s.overlap, "catch_up": s.catch_up, "catch_up_window_ms": s.catch_up_window_ms,
+                    "jitter_ms": s.jitter_ms, "paused": s.paused, "pause_note": s.pause_note,
+                    "blackouts": s.blackouts, "blackout_until_ms": s.blackout_until_ms,
                 })
             })
             .collect();
@@ -884,10 +1004,19 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                     time(s.last_tick_ms),
                     s.runs_fired.to_string(),
                     s.ticks_missed.to_string(),
+                    s.overlap.clone(),
+                    if s.paused {
+                        s.pause_note.clone()
+                    } else if s.blackout_until_ms > 0 {
+                        format!("blackout until {}", time(s.blackout_until_ms))
+                    } else {
+                        "active".into()
+                    },
                 ]
             })
             .collect();
-        print!("{}", table(&["NAME", "RUNBOOK", "CRON", "TZ", "NEXT", "LAST", "FIRED", "MISSED"], &rows));
+        let header = ["NAME", "RUNBOOK", "CRON", "TZ", "NEXT", "LAST", "FIRED", "MISSED", "OVERLAP", "STATUS"];
+        print!("{}", table(&header, &rows));
     }
     Ok(ExitCode::SUCCESS)
 }

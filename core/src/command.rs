@@ -73,6 +73,37 @@ pub enum Op {
         /// How many ticks the record stands for.
         count: u64,
     },
+    /// Run a schedule now (`baton schedule trigger`), under its overlap policy.
+    TriggerSchedule {
+        /// Schedule name.
+        schedule: String,
+        /// Leader-stamped run id.
+        run_id: String,
+        /// Who asked.
+        by: Actor,
+    },
+    /// Run a past tick of a schedule after the fact, unless it has a run already. Backfilled
+    /// runs of a schedule run one at a time, oldest first.
+    Backfill {
+        /// Schedule name.
+        schedule: String,
+        /// The tick; must be one of the schedule's ticks, not in the future.
+        tick_ms: i64,
+        /// Who asked.
+        by: Actor,
+    },
+    /// Pause (no tick fires) or unpause a schedule; ticks passed while paused are recorded as
+    /// missed when it is unpaused.
+    PauseSchedule {
+        /// Schedule name.
+        schedule: String,
+        /// True to pause, false to unpause.
+        paused: bool,
+        /// Why (shown by `schedule list`).
+        note: String,
+        /// Who asked.
+        by: Actor,
+    },
     /// Assign the next attempt of a step to a worker. The entry's (term, index) is the
     /// attempt's fencing token and its index is the attempt id.
     Assign {
@@ -246,6 +277,9 @@ impl Op {
             Op::StartRun { .. } => "start_run",
             Op::Fire { .. } => "fire",
             Op::RecordMissed { .. } => "record_missed",
+            Op::TriggerSchedule { .. } => "trigger_schedule",
+            Op::Backfill { .. } => "backfill",
+            Op::PauseSchedule { .. } => "pause_schedule",
             Op::Assign { .. } => "assign",
             Op::RenderFailed { .. } => "render_failed",
             Op::SkipStep { .. } => "skip_step",

@@ -155,14 +155,45 @@ pub enum Trigger {
         /// The tick (unix ms) this run was fired for.
         tick_ms: i64,
     },
+    /// `baton schedule trigger`: a run of a schedule now, outside its ticks.
+    Manual {
+        /// Schedule name.
+        schedule: String,
+    },
+    /// `baton schedule backfill`: a past tick run after the fact.
+    Backfill {
+        /// Schedule name.
+        schedule: String,
+        /// The tick (unix ms) the run stands for.
+        tick_ms: i64,
+    },
 }
 
 impl Trigger {
-    /// "api" or "schedule".
+    /// "api", "schedule", "manual" or "backfill".
     pub fn kind(&self) -> &'static str {
         match self {
             Trigger::Api => "api",
             Trigger::Schedule { .. } => "schedule",
+            Trigger::Manual { .. } => "manual",
+            Trigger::Backfill { .. } => "backfill",
+        }
+    }
+
+    /// The schedule behind the run, if any (its overlap policy applies).
+    pub fn schedule(&self) -> Option<&str> {
+        match self {
+            Trigger::Api => None,
+            Trigger::Schedule { name, .. } => Some(name),
+            Trigger::Manual { schedule } | Trigger::Backfill { schedule, .. } => Some(schedule),
+        }
+    }
+
+    /// The tick the run stands for (0 for API and manual runs).
+    pub fn tick_ms(&self) -> i64 {
+        match self {
+            Trigger::Schedule { tick_ms, .. } | Trigger::Backfill { tick_ms, .. } => *tick_ms,
+            Trigger::Api | Trigger::Manual { .. } => 0,
         }
     }
 }

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::duration::parse_duration;
 use crate::schedule::Schedule;
 use crate::template::{self, RUN_CONTEXT_FIELDS, STEP_CONTEXT_FIELDS};
-pub use params::{ParamError, ParamKind, ParamSpec};
+pub use params::{ParamError, ParamKind, ParamSpec, SecretRef};
 
 use file::{ActionType, ApprovalFile, Argv, ExecWithFile, ParamFile, ParamType, RunbookFile, StepFile};
 use source_map::{Pos, SourceMap, join_key};
@@ -147,6 +147,10 @@ pub struct ExecAction {
     pub env: BTreeMap<String, String>,
     /// Working directory template, if set.
     pub workdir: Option<String>,
+    /// Names of the runbook's `secret` parameters: [`crate::template::render_exec`] renders them
+    /// as secret markers, which the worker replaces with the secret just before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_params: Vec<String>,
 }
 
 /// A parsed document: runbook files and schedule files share one loader.
@@ -528,6 +532,9 @@ fn validate_param(name: String, param: ParamFile, diags: &mut Diagnostics<'_, '_
         ParamType::Int => ParamKind::Int,
         ParamType::Bool => ParamKind::Bool,
         ParamType::List => ParamKind::List,
+        ParamType::Float => ParamKind::Float,
+        ParamType::Map => ParamKind::Map,
+        ParamType::Secret => ParamKind::Secret,
         ParamType::Enum => match &param.values {
             Some(values) if !values.is_empty() => ParamKind::Enum { values: values.clone() },
             Some(_) => {
@@ -546,21 +553,50 @@ fn validate_param(name: String, param: ParamFile, diags: &mut Diagnostics<'_, '_
         diags.key(&field("values"), "only enum parameters take `values`; use `type: enum` or drop `values`");
         ok = false;
     }
-    for (key, bound) in [("min", param.min), ("max", param.max)] {
-        if bound.is_some() && param.kind != ParamType::Int {
-            diags.key(&field(key), format!("`{key}` applies to int parameters only, found it on {kind}"));
-            ok = false;
+    let mut bounds = [None, None];
+    for (slot, (key, bound)) in bounds.iter_mut().zip([("min", &param.min), ("max", &param.max)]) {
+        let Some(bound) = bound.as_ref().filter(|b| !b.is_null()) else { continue };
+        match param.kind {
+            ParamType::Secret => {
+                diags.key(
+                    &field(key),
+                    format!(
+                        "a secret parameter cannot have `{key}`: its value is a reference \
+                         (env:NAME or file:/absolute/path), and the secret is only read on the worker"
+                    ),
+                );
+                ok = false;
+            }
+            ParamType::Int | ParamType::Float => match numeric_bound(param.kind, bound) {
+                Ok(number) => *slot = Some(number),
+                Err(expected) => {
+                    diags.value(&field(key), format!("expected {expected}, found {}", diags.found(&field(key))));
+                    ok = false;
+                }
+            },
+            _ => {
+                diags.key(&field(key), format!("`{key}` applies to int and float parameters only, found it on {kind}"));
+                ok = false;
+            }
         }
     }
-    if let (Some(min), Some(max)) = (param.min, param.max)
-        && min > max
+    let [min, max] = bounds;
+    if let (Some(min), Some(max)) = (&min, &max)
+        && params::compare_numbers(min, max).is_gt()
     {
         diags.value(&field("max"), format!("expected max >= min ({min}), found {max}"));
         ok = false;
     }
     if let Some(pattern) = &param.pattern {
-        if !matches!(param.kind, ParamType::String | ParamType::List) {
-            diags.key(&field("pattern"), "`pattern` applies to string and list parameters only");
+        if param.kind == ParamType::Secret {
+            diags.key(
+                &field("pattern"),
+                "a secret parameter cannot have a `pattern`: its value is a reference (env:NAME or \
+                 file:/absolute/path), and the secret is only read on the worker",
+            );
+            ok = false;
+        } else if !matches!(param.kind, ParamType::String | ParamType::List | ParamType::Map) {
+            diags.key(&field("pattern"), "`pattern` applies to string, list and map parameters only");
             ok = false;
         } else if let Err(err) = Regex::new(pattern) {
             let reason = err.to_string();
@@ -582,8 +618,8 @@ fn validate_param(name: String, param: ParamFile, diags: &mut Diagnostics<'_, '_
         required: param.required,
         default: None,
         pattern: param.pattern,
-        min: param.min,
-        max: param.max,
+        min,
+        max,
         description: param.description,
     };
     if let Some(default) = param.default.filter(|d| !d.is_null())
@@ -598,6 +634,19 @@ fn validate_param(name: String, param: ParamFile, diags: &mut Diagnostics<'_, '_
         }
     }
     ok.then_some(spec)
+}
+
+/// A declared `min` or `max` as a number of the parameter's kind: an `i64` for `int` (so ranges
+/// stay exact), any finite number for `float`. The error says what was expected.
+fn numeric_bound(kind: ParamType, bound: &serde_json::Value) -> Result<serde_json::Number, &'static str> {
+    match (kind, bound) {
+        (ParamType::Int, serde_json::Value::Number(n)) => {
+            n.as_i64().map(serde_json::Number::from).ok_or("a 64-bit signed integer (the parameter is an int)")
+        }
+        (_, serde_json::Value::Number(n)) => Ok(n.clone()),
+        (ParamType::Int, _) => Err("an integer"),
+        _ => Err("a number"),
+    }
 }
 
 fn validate_step(
@@ -636,7 +685,14 @@ fn validate_step(
             diags.value(&field("when"), format!("expected a condition expression: {e}"));
             ok = false;
         } else {
-            ok &= scope.check(&field("when"), &format!("{{{{ {expr} }}}}"), diags);
+            let source = format!("{{{{ {expr} }}}}");
+            ok &= scope.check(&field("when"), &source, diags)
+                && scope.reject_secrets(
+                    &field("when"),
+                    &source,
+                    "a condition cannot see a secret (only the worker reads it, when the step starts)",
+                    diags,
+                );
         }
     }
     let retry = match step.retry {
@@ -785,7 +841,8 @@ fn validate_exec(
     if let Some(source) = &with.workdir {
         ok &= scope.check(&field("workdir"), source, diags);
     }
-    ok.then_some(Action::Exec(ExecAction { command, env: with.env, workdir: with.workdir }))
+    let secret_params = scope.params.iter().filter(|p| p.kind == ParamKind::Secret).map(|p| p.name.clone()).collect();
+    ok.then_some(Action::Exec(ExecAction { command, env: with.env, workdir: with.workdir, secret_params }))
 }
 
 /// The pattern an approver must match: a principal name, or `group:` and a group name.
@@ -836,7 +893,13 @@ fn validate_approval(
         }
     };
     if let Some(message) = &approval.message {
-        ok &= scope.check(&field("message"), message, diags);
+        ok &= scope.check(&field("message"), message, diags)
+            && scope.reject_secrets(
+                &field("message"),
+                message,
+                "an approval message is shown to people and cannot contain a secret",
+                diags,
+            );
     }
     ok.then_some(Action::Approval(ApprovalAction {
         approvers: approval.approvers,
@@ -868,6 +931,23 @@ impl TemplateScope<'_> {
             if let Err(message) = self.check_reference(&reference.segments) {
                 let needle = reference.segments[..reference.segments.len().min(2)].join(".");
                 diags.within(field, &needle, message);
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Reports every secret parameter the (already checked) template at `field` reads; `why` says
+    /// why this place cannot read secrets.
+    fn reject_secrets(&self, field: &str, source: &str, why: &str, diags: &mut Diagnostics<'_, '_>) -> bool {
+        let Ok(refs) = template::references(source) else {
+            return true;
+        };
+        let mut ok = true;
+        for reference in refs {
+            let [root, name, ..] = reference.segments.as_slice() else { continue };
+            if root == "params" && self.params.iter().any(|p| &p.name == name && p.kind == ParamKind::Secret) {
+                diags.within(field, &format!("params.{name}"), format!("params.{name} is a secret parameter: {why}"));
                 ok = false;
             }
         }

@@ -65,10 +65,106 @@ pub(crate) struct ScheduleFile {
     /// What the schedule is for.
     #[serde(default)]
     pub description: String,
-    /// What a tick does while this schedule's previous run is still going: `allow_all` (the
-    /// default) starts another run; `skip` starts none and records the tick as missed.
+    /// What a tick (or `baton schedule trigger`) does while an earlier run of this schedule is
+    /// still going: `allow_all` (the default), `skip`, `buffer_one`, `buffer_all`,
+    /// `cancel_other` or `terminate_other`.
     #[serde(default)]
     pub overlap: Option<Overlap>,
+    /// What happens to ticks that could not fire in time because no leader could fire them
+    /// (the cluster was down): `{ policy: skip | latest | all, window: 1h }`. Default: `skip`
+    /// (every such tick is recorded as missed).
+    #[serde(default)]
+    pub catch_up: Option<CatchUpFile>,
+    /// Fire each tick up to this much later, by a fixed pseudo-random amount per tick (the same
+    /// on every node), to spread load, e.g. `30s`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub jitter: Option<String>,
+    /// Freeze windows, each starting at the ticks of its own cron expression (read in the
+    /// schedule's time zone) and lasting `duration`: runs of this schedule are held until the
+    /// window ends (`action: hold`, the default) or their ticks are skipped (`action: skip`).
+    #[serde(default)]
+    pub blackout: Vec<BlackoutFile>,
+}
+
+/// A catch-up policy as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Catch-up", rename = "CatchUp")]
+pub(crate) struct CatchUpFile {
+    /// `skip`: record every late tick as missed; `latest`: run the most recent one (if it is
+    /// within `window`); `all`: run every one within `window`, oldest first.
+    pub policy: CatchUpPolicy,
+    /// How late a tick may be and still run (default `1h`).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub window: Option<String>,
+}
+
+/// A blackout window as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Blackout", rename = "Blackout")]
+pub(crate) struct BlackoutFile {
+    /// When a window starts (5 or 6 cron fields, Unix meaning), in the schedule's time zone.
+    pub cron: String,
+    /// How long each window lasts, e.g. `8h`.
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub duration: String,
+    /// `hold` (default): runs wait until the window ends; `skip`: ticks inside it start no run
+    /// and are recorded as missed.
+    #[serde(default)]
+    pub action: Option<BlackoutAction>,
+}
+
+/// A catch-up policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUpPolicy {
+    /// Late ticks are recorded as missed.
+    #[default]
+    Skip,
+    /// The most recent late tick within the window runs; the others are recorded as missed.
+    Latest,
+    /// Every late tick within the window runs, oldest first; older ones are recorded as missed.
+    All,
+}
+
+/// What a blackout window does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BlackoutAction {
+    /// Runs of the schedule wait until the window ends.
+    #[default]
+    Hold,
+    /// Ticks inside the window start no run; each is recorded as missed.
+    Skip,
+}
+
+/// How late ticks are caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    /// The policy.
+    pub policy: CatchUpPolicy,
+    /// How late (ms) a tick may be and still run.
+    pub window_ms: u64,
+}
+
+impl Default for CatchUp {
+    fn default() -> Self {
+        CatchUp { policy: CatchUpPolicy::Skip, window_ms: 3_600_000 }
+    }
+}
+
+/// A validated blackout window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blackout {
+    /// When windows start (known to compile).
+    pub cron: String,
+    /// How long each lasts, in ms (> 0).
+    pub duration_ms: u64,
+    /// Hold or skip.
+    pub action: BlackoutAction,
 }
 
 /// A schedule's overlap policy.
@@ -81,6 +177,36 @@ pub enum Overlap {
     /// A tick while a run of this schedule is still going starts nothing; it is recorded as
     /// a missed tick.
     Skip,
+    /// A tick while a run is going makes one run that waits for it; a further tick while one
+    /// already waits is skipped (recorded as missed).
+    BufferOne,
+    /// Every tick makes a run; they run one at a time, oldest first.
+    BufferAll,
+    /// A tick asks the running one to stop (as `baton run cancel`) and its run starts once
+    /// the other has ended.
+    CancelOther,
+    /// A tick ends the running one at once (its attempts are killed, it ends `cancelled`) and
+    /// its run starts immediately.
+    TerminateOther,
+}
+
+impl Overlap {
+    /// The name as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::AllowAll => "allow_all",
+            Overlap::Skip => "skip",
+            Overlap::BufferOne => "buffer_one",
+            Overlap::BufferAll => "buffer_all",
+            Overlap::CancelOther => "cancel_other",
+            Overlap::TerminateOther => "terminate_other",
+        }
+    }
+
+    /// Runs of the schedule run one at a time (later ones wait for earlier ones).
+    pub fn one_at_a_time(self) -> bool {
+        matches!(self, Overlap::BufferOne | Overlap::BufferAll | Overlap::CancelOther)
+    }
 }
 
 /// A validated schedule.
@@ -103,6 +229,16 @@ pub struct Schedule {
     /// What a tick does while a previous run of this schedule is still going.
     #[serde(default)]
     pub overlap: Overlap,
+    /// How ticks missed while no leader could fire them are caught up.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+    /// Each tick fires up to this many ms late (a fixed amount per tick, see
+    /// [`Schedule::jitter_ms_for`]); 0: on time.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Freeze windows.
+    #[serde(default)]
+    pub blackouts: Vec<Blackout>,
 }
 
 impl Schedule {
@@ -126,6 +262,36 @@ impl Schedule {
         if let Err(message) = check_timezone(&timezone) {
             diags.value("timezone", message);
         }
+        let mut duration = |field: &str, value: &str| match crate::duration::parse_duration(value) {
+            Ok(0) => {
+                diags.value(field, "expected a duration greater than zero, found 0");
+                0
+            }
+            Ok(ms) => ms,
+            Err(message) => {
+                diags.value(field, message);
+                0
+            }
+        };
+        let catch_up = match parsed.catch_up {
+            None => CatchUp::default(),
+            Some(c) => CatchUp {
+                policy: c.policy,
+                window_ms: c.window.map_or(CatchUp::default().window_ms, |w| duration("catch_up.window", &w)),
+            },
+        };
+        let jitter_ms = parsed.jitter.map_or(0, |j| duration("jitter", &j));
+        let mut blackouts = Vec::new();
+        for (i, b) in parsed.blackout.into_iter().enumerate() {
+            let duration_ms = duration(&format!("blackout[{i}].duration"), &b.duration);
+            let cron = b.cron.trim().to_string();
+            blackouts.push(Blackout { cron, duration_ms, action: b.action.unwrap_or_default() });
+        }
+        for (i, b) in blackouts.iter().enumerate() {
+            if let Err(message) = check_cron(&b.cron) {
+                diags.value(&format!("blackout[{i}].cron"), message);
+            }
+        }
         diags.finish(Schedule {
             name: parsed.schedule,
             runbook: parsed.runbook,
@@ -135,6 +301,9 @@ impl Schedule {
             description: parsed.description,
             source: text.to_string(),
             overlap: parsed.overlap.unwrap_or_default(),
+            catch_up,
+            jitter_ms,
+            blackouts,
         })
     }
 
@@ -170,6 +339,34 @@ impl Schedule {
             description: String::new(),
             source: String::new(),
             overlap: Overlap::default(),
+            catch_up: CatchUp::default(),
+            jitter_ms: 0,
+            blackouts: Vec::new(),
+        })
+    }
+
+    /// How late tick `tick_ms` fires: a pseudo-random amount below `jitter_ms`, fixed by the
+    /// schedule's name and the tick (FNV-1a), so every node and every restart agrees.
+    pub fn jitter_ms_for(&self, tick_ms: i64) -> i64 {
+        if self.jitter_ms == 0 {
+            return 0;
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.name.bytes().chain(tick_ms.to_le_bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        i64::try_from(hash % self.jitter_ms).unwrap_or(0)
+    }
+
+    /// The blackout window `at_ms` falls in, if any: (its action, when it ends). Windows start
+    /// at the ticks of their cron expression on the schedule's wall clock.
+    pub fn blackout_at(&self, at_ms: i64) -> Option<(BlackoutAction, i64)> {
+        let tz = Tz::from_str(&self.timezone).ok()?;
+        self.blackouts.iter().find_map(|b| {
+            let duration = i64::try_from(b.duration_ms).ok()?;
+            let start = CronExpr::cached(&b.cron)?.next_after(tz, at_ms.saturating_sub(duration))?;
+            (start <= at_ms).then(|| (b.action, start.saturating_add(duration)))
         })
     }
 
@@ -201,7 +398,13 @@ const DEFAULT_TIMEZONE: &str = "UTC";
 
 /// Checks a (trimmed) cron expression; the error is the diagnostic message for `cron`.
 fn check_cron(cron: &str) -> Result<(), String> {
-    CronExpr::parse(cron).map(|_| ())
+    let expr = CronExpr::parse(cron)?;
+    // Without a year field an expression that fires once fires forever; one that has no tick
+    // after 1970 names a date that does not exist (30 February).
+    if expr.next_after(Tz::UTC, 0).is_none() {
+        return Err(format!("the cron expression {cron:?} never fires (no such date)"));
+    }
+    Ok(())
 }
 
 /// Checks a time zone name; the error is the diagnostic message for `timezone`.

@@ -13,6 +13,11 @@
 //!   "steps":  { "<step id>": { "outputs": { "<name>": "<text>" }, "status": "succeeded" } },
 //!   "run":    { "id": "...", "runbook": "...", "trigger": "api" } }
 //! ```
+//!
+//! A `secret` parameter holds a reference (`env:NAME`, `file:/path`), and [`render_exec`]
+//! renders it as a *secret marker* ([`secret_marker`]) that the worker replaces with the secret
+//! just before it starts the process. The secret itself is therefore never in a template's
+//! output, a command, the Raft log or a run record.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +25,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::runbook::ExecAction;
+use crate::runbook::{ExecAction, SecretRef};
 
 /// The fields each `steps.<id>` entry of the context has.
 pub const STEP_CONTEXT_FIELDS: [&str; 2] = ["outputs", "status"];
@@ -62,12 +67,25 @@ pub fn environment() -> Environment<'static> {
 }
 
 /// Renders every template of an exec action against `ctx` (see the module docs for its shape).
+///
+/// The action's secret parameters (`action.secret_params`) render as secret markers; any other
+/// text of the context that contains [`SECRET_MARKER_START`] has it replaced by U+FFFD first, so
+/// a parameter value or a step output can never forge a marker (and make the worker read one of
+/// its secrets). A rendered input with a damaged marker, for example after `| upper` or a slice,
+/// is an error: a secret can only be used whole.
 pub fn render_exec(action: &ExecAction, ctx: &serde_json::Value) -> Result<RenderedExec, TemplateError> {
     let env = environment();
-    let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+    let ctx = secret_context(ctx, &action.secret_params)?;
+    let ctx = minijinja::Value::from(minijinja::value::Serde(&ctx));
     let render = |field: String, source: &str| -> Result<String, TemplateError> {
-        env.render_str(source, &ctx)
-            .map_err(|err| TemplateError { field, message: format!("{} in template {source:?}", describe_error(&err)) })
+        let text = env.render_str(source, &ctx).map_err(|err| TemplateError {
+            field: field.clone(),
+            message: format!("{} in template {source:?}", describe_error(&err)),
+        })?;
+        match secret_segments(&text) {
+            Ok(_) => Ok(text),
+            Err(err) => Err(TemplateError { field, message: format!("{err} (template {source:?})") }),
+        }
     };
     let argv = action
         .command
@@ -82,6 +100,112 @@ pub fn render_exec(action: &ExecAction, ctx: &serde_json::Value) -> Result<Rende
         .collect::<Result<_, _>>()?;
     let workdir = action.workdir.as_deref().map(|source| render("workdir".to_string(), source)).transpose()?;
     Ok(RenderedExec { argv, env: env_vars, workdir })
+}
+
+/// The first character of a secret marker: U+0001 (START OF HEADING).
+pub const SECRET_MARKER_START: char = '\u{1}';
+/// The last character of a secret marker: U+0002 (START OF TEXT).
+pub const SECRET_MARKER_END: char = '\u{2}';
+/// What follows [`SECRET_MARKER_START`] in a marker, before the reference.
+const SECRET_MARKER_TAG: &str = "baton-secret:";
+
+/// The marker a secret parameter renders to: `U+0001 "baton-secret:" <reference> U+0002`, e.g.
+/// `"\u{1}baton-secret:env:DB_PASSWORD\u{2}"`.
+///
+/// It carries only the reference, so it may travel in the Raft log and an assignment. The two
+/// control characters do not occur in ordinary text, cannot be typed in YAML without an escape,
+/// and a reference never contains a control character, so a marker is found exactly and ends
+/// unambiguously; [`render_exec`] also removes U+0001 from every other value it renders, so only
+/// a secret parameter can produce a marker. The worker replaces each marker in argv, env values
+/// and workdir with the secret ([`secret_segments`]) just before it starts the process, and
+/// refuses to start one that still contains a marker.
+pub fn secret_marker(reference: &SecretRef) -> String {
+    format!("{SECRET_MARKER_START}{SECRET_MARKER_TAG}{reference}{SECRET_MARKER_END}")
+}
+
+/// A piece of rendered text: literal text, or a secret marker's reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment<'a> {
+    /// Text to use as it is.
+    Text(&'a str),
+    /// A secret marker, to be replaced by the secret it refers to.
+    Secret(SecretRef),
+}
+
+/// A secret marker that cannot be read back: changed by a filter, cut by a slice, or otherwise
+/// not produced by [`secret_marker`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a secret marker at byte {offset} is damaged: use a secret parameter whole, as \
+     {{{{ params.NAME }}}}, without filters, slices or escaping"
+)]
+pub struct DamagedSecretMarker {
+    /// Byte offset of the marker's first character in the text.
+    pub offset: usize,
+}
+
+/// Splits `text` at its secret markers. Text without [`SECRET_MARKER_START`] is one `Text`.
+pub fn secret_segments(text: &str) -> Result<Vec<Segment<'_>>, DamagedSecretMarker> {
+    let mut segments = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(SECRET_MARKER_START) {
+        let offset = text.len() - rest.len() + start;
+        if start > 0 {
+            segments.push(Segment::Text(&rest[..start]));
+        }
+        let after = &rest[start + SECRET_MARKER_START.len_utf8()..];
+        let body = after.strip_prefix(SECRET_MARKER_TAG).ok_or(DamagedSecretMarker { offset })?;
+        let end = body.find(SECRET_MARKER_END).ok_or(DamagedSecretMarker { offset })?;
+        let reference = SecretRef::parse(&body[..end]).map_err(|_| DamagedSecretMarker { offset })?;
+        segments.push(Segment::Secret(reference));
+        rest = &body[end + SECRET_MARKER_END.len_utf8()..];
+    }
+    if !rest.is_empty() {
+        segments.push(Segment::Text(rest));
+    }
+    Ok(segments)
+}
+
+/// The render context with secret parameters as markers and [`SECRET_MARKER_START`] removed
+/// from every other string (keys included).
+fn secret_context(ctx: &serde_json::Value, secret_params: &[String]) -> Result<serde_json::Value, TemplateError> {
+    let mut ctx = defuse_markers(ctx);
+    for name in secret_params {
+        let Some(value) = ctx.get_mut("params").and_then(|params| params.get_mut(name.as_str())) else {
+            continue;
+        };
+        let reference = value.as_str().map(SecretRef::parse);
+        match reference {
+            Some(Ok(reference)) => *value = serde_json::Value::String(secret_marker(&reference)),
+            Some(Err(why)) => {
+                let message = format!("the secret parameter holds an invalid reference: {why}");
+                return Err(TemplateError { field: format!("params.{name}"), message });
+            }
+            None => {
+                let message = "the secret parameter holds something other than a reference string".to_string();
+                return Err(TemplateError { field: format!("params.{name}"), message });
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+/// A copy of `value` with every [`SECRET_MARKER_START`] replaced by U+FFFD.
+fn defuse_markers(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let defuse = |text: &str| {
+        if text.contains(SECRET_MARKER_START) {
+            text.replace(SECRET_MARKER_START, "\u{fffd}")
+        } else {
+            text.to_string()
+        }
+    };
+    match value {
+        Value::String(text) => Value::String(defuse(text)),
+        Value::Array(items) => Value::Array(items.iter().map(defuse_markers).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (defuse(k), defuse_markers(v))).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Renders one text template (an approval's message, a notification) against `ctx`.
@@ -158,7 +282,12 @@ mod tests {
     use serde_json::json;
 
     fn exec(command: &[&str]) -> ExecAction {
-        ExecAction { command: command.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new(), workdir: None }
+        ExecAction {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+            workdir: None,
+            secret_params: Vec::new(),
+        }
     }
 
     fn names(source: &str) -> Vec<String> {

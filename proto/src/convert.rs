@@ -111,10 +111,7 @@ fn step_state_from_pb(v: i32) -> Result<StepState, ConvertError> {
 
 /// A run on the wire.
 pub fn run_to_pb(r: &Run) -> pb::Run {
-    let (schedule, tick_ms) = match &r.trigger {
-        Trigger::Api => (String::new(), 0),
-        Trigger::Schedule { name, tick_ms } => (name.clone(), *tick_ms),
-    };
+    let (schedule, tick_ms) = (r.trigger.schedule().unwrap_or_default().to_string(), r.trigger.tick_ms());
     pb::Run {
         id: r.id.clone(),
         runbook: r.runbook.clone(),
@@ -210,6 +207,8 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
     let trigger = match r.trigger.as_str() {
         "api" => Trigger::Api,
         "schedule" => Trigger::Schedule { name: r.schedule.clone(), tick_ms: r.tick_ms },
+        "manual" => Trigger::Manual { schedule: r.schedule.clone() },
+        "backfill" => Trigger::Backfill { schedule: r.schedule.clone(), tick_ms: r.tick_ms },
         other => return Err(bad("trigger", format!("unknown trigger {other:?}"))),
     };
     let steps = r.steps.into_iter().map(step_from_pb).collect::<Result<Vec<_>, _>>()?;

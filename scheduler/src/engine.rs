@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use baton_core::command::Op;
 use baton_core::run::{Run, RunState, StepState};
 use baton_core::runbook::Action;
+use baton_core::schedule::{BlackoutAction, CatchUpPolicy};
 use baton_core::template::{eval_condition, render_exec, render_text};
 
 use crate::fsm::{State, next_step};
@@ -97,28 +98,48 @@ impl Engine {
     fn fire_schedules(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
         for (name, s) in &state.schedules {
             let Some(tick) = s.next_fire_at_ms else { continue };
-            if tick > view.now_ms {
+            let schedule = &s.schedule;
+            let due = |t: i64| t.saturating_add(schedule.jitter_ms_for(t));
+            if s.paused || due(tick) > view.now_ms {
                 continue;
             }
             if !self.claim(format!("tick:{name}:{tick}"), view.now_ms) {
                 continue;
             }
-            if tick >= view.leader_since_ms {
+            if due(tick) >= view.leader_since_ms {
                 ops.push(Op::Fire { schedule: name.clone(), tick_ms: tick });
                 continue;
             }
-            // Ticks from before this leader took over could not fire in time: one record for
-            // all of them, then the schedule continues from the first tick at or after now.
-            let mut last = tick;
-            let mut count = 1;
-            while let Some(next) = s.schedule.next_after(last) {
-                if next >= view.leader_since_ms || count >= MAX_MISSED_COUNT {
+            // Ticks that were due before this leader took over could not fire in time: the
+            // catch-up policy says which of them still run; the others leave one record.
+            let mut late = vec![tick];
+            while let Some(next) = schedule.next_after(late[late.len() - 1]) {
+                if due(next) >= view.leader_since_ms || late.len() as u64 >= MAX_MISSED_COUNT {
                     break;
                 }
-                last = next;
-                count += 1;
+                late.push(next);
             }
-            ops.push(Op::RecordMissed { schedule: name.clone(), first_tick_ms: tick, last_tick_ms: last, count });
+            let window = i64::try_from(schedule.catch_up.window_ms).unwrap_or(i64::MAX);
+            let in_window = |t: i64| view.now_ms.saturating_sub(t) <= window;
+            let last = late[late.len() - 1];
+            let missed = match schedule.catch_up.policy {
+                CatchUpPolicy::Skip => &late[..],
+                CatchUpPolicy::Latest if in_window(last) => &late[..late.len() - 1],
+                CatchUpPolicy::Latest => &late[..],
+                CatchUpPolicy::All => {
+                    let stale = late.iter().take_while(|t| !in_window(**t)).count();
+                    &late[..stale]
+                }
+            };
+            match missed {
+                [] => ops.push(Op::Fire { schedule: name.clone(), tick_ms: tick }),
+                [first, .., last] | [first @ last] => ops.push(Op::RecordMissed {
+                    schedule: name.clone(),
+                    first_tick_ms: *first,
+                    last_tick_ms: *last,
+                    count: missed.len() as u64,
+                }),
+            }
         }
     }
 
@@ -204,6 +225,13 @@ impl Engine {
                 *started.entry(run.runbook.as_str()).or_insert(0) += 1;
             }
         }
+        // The oldest active run of each schedule: runs of one-at-a-time schedules wait for it.
+        let mut oldest_of_schedule: HashMap<&str, &str> = HashMap::new();
+        for (_, id) in &order {
+            if let Some(name) = state.runs[*id].trigger.schedule() {
+                oldest_of_schedule.entry(name).or_insert(id.as_str());
+            }
+        }
         let mut workers_free = free(&load);
         for (_, run_id) in order {
             let Some((si, attempts)) = pending_step(state, run_id) else { continue };
@@ -217,6 +245,9 @@ impl Engine {
                 continue;
             }
             if run.state == RunState::Pending && !self.assigning.keys().any(|(r, _, _)| r == run_id) {
+                if held_by_schedule(state, run, view.now_ms, &oldest_of_schedule) {
+                    continue;
+                }
                 let limit = state.runbook_of(run).and_then(|rb| rb.concurrency);
                 let n = started.get(run.runbook.as_str()).copied().unwrap_or(0);
                 if limit.is_some_and(|l| n >= l) {
@@ -247,6 +278,19 @@ impl Engine {
             ops.push(op);
         }
     }
+}
+
+/// A run of a schedule that may not start yet: the schedule is in a `hold` blackout window,
+/// or its runs go one at a time (`buffer_one`, `buffer_all`, `cancel_other`, and backfills)
+/// and an older one has not ended.
+fn held_by_schedule(state: &State, run: &Run, now_ms: i64, oldest: &HashMap<&str, &str>) -> bool {
+    let Some(name) = run.trigger.schedule() else { return false };
+    let Some(s) = state.schedules.get(name) else { return false };
+    if matches!(s.schedule.blackout_at(now_ms), Some((BlackoutAction::Hold, _))) {
+        return true;
+    }
+    let serial = s.schedule.overlap.one_at_a_time() || matches!(run.trigger, baton_core::run::Trigger::Backfill { .. });
+    serial && oldest.get(name).is_some_and(|first| *first != run.id)
 }
 
 /// The run's next step if it waits for an attempt: (step index, attempts made so far).

@@ -14,7 +14,13 @@ use baton_core::run::{
     ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunEvent, RunState, StepRun, StepState, Trigger,
 };
 use baton_core::runbook::Action;
+use baton_core::schedule::{BlackoutAction, Overlap};
 use baton_core::{Runbook, Schedule};
+
+/// At most this many ticks are run by one backfill.
+pub const MAX_BACKFILL: usize = 1_000;
+/// At most this many ticks are counted one by one in a missed record.
+const MAX_MISSED_COUNT: u64 = 100_000;
 use serde::{Deserialize, Serialize};
 
 /// All replicated state. Serialized whole into snapshots.
@@ -76,6 +82,15 @@ pub struct ScheduleState {
     pub runs_fired: u64,
     /// Ticks recorded as missed so far.
     pub ticks_missed: u64,
+    /// Paused: no tick fires until it is unpaused.
+    #[serde(default)]
+    pub paused: bool,
+    /// Why it was paused, by whom and when (shown by `schedule list`).
+    #[serde(default)]
+    pub pause_note: String,
+    /// When it was paused (leader time).
+    #[serde(default)]
+    pub paused_at_ms: i64,
 }
 
 /// What the proposer of a command learns once it is applied.
@@ -160,6 +175,13 @@ impl State {
                 self.start_run(index, now, run_id, &runbook, params, idempotency_key, &mut fx)
             }
             Op::Fire { schedule, tick_ms } => self.fire(index, now, &schedule, tick_ms, &mut fx),
+            Op::TriggerSchedule { schedule, run_id, by } => {
+                self.trigger_schedule(index, now, &schedule, run_id, &by, &mut fx)
+            }
+            Op::Backfill { schedule, tick_ms, by } => self.backfill(index, now, &schedule, tick_ms, &by, &mut fx),
+            Op::PauseSchedule { schedule, paused, note, by } => {
+                self.pause_schedule(index, now, &schedule, paused, note, &by, &mut fx)
+            }
             Op::RecordMissed { schedule, first_tick_ms, last_tick_ms, count } => {
                 self.record_missed(index, now, &schedule, first_tick_ms, last_tick_ms, count, &mut fx)
             }
@@ -282,6 +304,11 @@ impl State {
             }
             None => (0, 0, None, None),
         };
+        let (paused, pause_note, paused_at_ms) = self
+            .schedules
+            .get(&schedule.name)
+            .map(|old| (old.paused, old.pause_note.clone(), old.paused_at_ms))
+            .unwrap_or_default();
         // A changed definition continues after the last tick handled, never before it (a
         // leader's clock may be behind the tick that fired): a tick never fires twice.
         let base = last.map_or(now, |l| l.max(now));
@@ -300,6 +327,9 @@ impl State {
                 last_tick_ms: last,
                 runs_fired: fired,
                 ticks_missed: missed,
+                paused,
+                pause_note,
+                paused_at_ms,
             },
         );
         Reply::Applied { version: String::new(), changed: true }
@@ -351,30 +381,98 @@ impl State {
         }
         let schedule = s.schedule.clone();
         let run_id = Run::scheduled_id(name, tick_ms);
-        if schedule.overlap == baton_core::schedule::Overlap::Skip
-            && let Some(busy) = self
-                .active_runs
-                .iter()
-                .find(|id| matches!(&self.runs[*id].trigger, Trigger::Schedule { name: n, .. } if n == name))
-        {
-            // overlap: skip — the tick starts nothing, and says so.
-            let mut record = missed_record(name, &schedule.runbook, tick_ms, tick_ms, 1, now);
-            record.error = Some(format!("skipped: run {busy} of this schedule is still going (overlap: skip)"));
+        let advance = |state: &mut State, fired: bool| {
+            let s = state.schedules.get_mut(name).expect("checked above");
+            s.last_tick_ms = Some(tick_ms);
+            s.next_fire_at_ms = schedule.next_after(tick_ms);
+            if fired {
+                s.runs_fired += 1;
+            } else {
+                s.ticks_missed += 1;
+            }
+        };
+        if self.runs.contains_key(&run_id) {
+            // This tick already made its run (under an earlier definition, or a backfill).
             let s = self.schedules.get_mut(name).expect("checked above");
             s.last_tick_ms = Some(tick_ms);
             s.next_fire_at_ms = schedule.next_after(tick_ms);
-            s.ticks_missed += 1;
+            return Reply::Done;
+        }
+        let refusal = match schedule.blackout_at(tick_ms) {
+            Some((BlackoutAction::Skip, until)) => {
+                Some(format!("skipped: the tick falls in a blackout window (until {until}, action: skip)"))
+            }
+            _ => self.overlap_refusal(name, schedule.overlap),
+        };
+        if let Some(why) = refusal {
+            // The tick starts nothing, and says so.
+            let mut record = missed_record(name, &schedule.runbook, tick_ms, tick_ms, 1, now);
+            record.error = Some(why);
+            advance(self, false);
             let id = record.id.clone();
             self.insert_run(index, record, fx);
             return Reply::Run { run_id: id, deduplicated: false };
         }
-        if self.runs.contains_key(&run_id) {
-            // This tick already made its run (under an earlier definition): move on.
-            let s = self.schedules.get_mut(name).expect("checked above");
-            s.next_fire_at_ms = schedule.next_after(tick_ms);
-            return Reply::Done;
-        }
         let trigger = Trigger::Schedule { name: name.to_string(), tick_ms };
+        self.start_scheduled(index, now, &schedule, run_id.clone(), trigger, fx);
+        advance(self, true);
+        Reply::Run { run_id, deduplicated: false }
+    }
+
+    /// Why a new run of schedule `name` may not start under `overlap` now, if it may not.
+    fn overlap_refusal(&self, name: &str, overlap: Overlap) -> Option<String> {
+        let others = self.active_runs_of(name);
+        match overlap {
+            Overlap::Skip if !others.is_empty() => {
+                Some(format!("skipped: run {} of this schedule is still going (overlap: skip)", others[0]))
+            }
+            Overlap::BufferOne if others.len() >= 2 => Some(format!(
+                "skipped: run {} of this schedule is still going and run {} already waits for it (overlap: buffer_one)",
+                others[0], others[1]
+            )),
+            _ => None,
+        }
+    }
+
+    /// Active runs of a schedule (ticks, manual runs and backfills), oldest first.
+    pub fn active_runs_of(&self, name: &str) -> Vec<String> {
+        let mut runs: Vec<(i64, &String)> = self
+            .active_runs
+            .iter()
+            .filter_map(|id| self.runs.get(id).map(|r| (r, id)))
+            .filter(|(r, _)| r.trigger.schedule() == Some(name))
+            .map(|(r, id)| (r.created_at_ms, id))
+            .collect();
+        runs.sort();
+        runs.into_iter().map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Creates a run of a schedule (its overlap policy already allows it): runs it supersedes
+    /// are asked to stop (`cancel_other`) or ended at once (`terminate_other`). A run whose
+    /// params no longer fit the runbook still leaves a visible, failed record.
+    fn start_scheduled(
+        &mut self,
+        index: u64,
+        now: i64,
+        schedule: &Schedule,
+        run_id: String,
+        trigger: Trigger,
+        fx: &mut Vec<Effect>,
+    ) {
+        if !matches!(trigger, Trigger::Backfill { .. }) {
+            let reason = format!("superseded by run {run_id} (overlap: {})", schedule.overlap.as_str());
+            for other in self.active_runs_of(&schedule.name) {
+                match schedule.overlap {
+                    Overlap::CancelOther => {
+                        self.cancel_run(now, &other, reason.clone(), fx);
+                    }
+                    Overlap::TerminateOther => {
+                        self.end_now(now, &other, RunState::Cancelled, format!("terminated: {reason}"), fx);
+                    }
+                    _ => {}
+                }
+            }
+        }
         let created = match self.runbooks.get(&schedule.runbook) {
             None => Err(format!("runbook {:?} does not exist", schedule.runbook)),
             Some(entry) => {
@@ -384,33 +482,111 @@ impl State {
                     .map_err(|e| e.to_string())
             }
         };
-        let run = created.unwrap_or_else(|error| Run {
-            // The tick still leaves a visible record when the run cannot be made.
-            id: run_id.clone(),
-            runbook: schedule.runbook.clone(),
-            version: String::new(),
-            params: BTreeMap::new(),
-            trigger,
-            state: RunState::Failed,
-            steps: Vec::new(),
-            created_at_ms: now,
-            started_at_ms: 0,
-            finished_at_ms: now,
-            error: Some(error),
-            idempotency_key: None,
-            missed_ticks: 0,
-            cancel_requested: false,
-            timed_out: false,
-            paused: false,
-            timer_start_ms: 0,
-            events: Vec::new(),
+        let run = created.unwrap_or_else(|error| {
+            let mut run = missed_record(&schedule.name, &schedule.runbook, 0, 0, 0, now);
+            run.id = run_id;
+            run.trigger = trigger;
+            run.state = RunState::Failed;
+            run.error = Some(error);
+            run
         });
-        let s = self.schedules.get_mut(name).expect("checked above");
-        s.last_tick_ms = Some(tick_ms);
-        s.next_fire_at_ms = schedule.next_after(tick_ms);
-        s.runs_fired += 1;
         self.insert_run(index, run, fx);
+    }
+
+    fn trigger_schedule(
+        &mut self,
+        index: u64,
+        now: i64,
+        name: &str,
+        run_id: String,
+        by: &Actor,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(s) = self.schedules.get(name) else {
+            return Reply::Rejected(format!("schedule {name:?} does not exist"));
+        };
+        if self.runs.contains_key(&run_id) {
+            return Reply::Run { run_id, deduplicated: false };
+        }
+        let schedule = s.schedule.clone();
+        if let Some(why) = self.overlap_refusal(name, schedule.overlap) {
+            return Reply::Rejected(format!("schedule {name}: nothing started; {why}"));
+        }
+        self.start_scheduled(index, now, &schedule, run_id.clone(), Trigger::Manual { schedule: name.into() }, fx);
+        self.record(&run_id, now, by, "trigger", "");
         Reply::Run { run_id, deduplicated: false }
+    }
+
+    fn backfill(&mut self, index: u64, now: i64, name: &str, tick_ms: i64, by: &Actor, fx: &mut Vec<Effect>) -> Reply {
+        let Some(s) = self.schedules.get(name) else {
+            return Reply::Rejected(format!("schedule {name:?} does not exist"));
+        };
+        if tick_ms > now {
+            return Reply::Rejected(format!("backfill {name}: tick {tick_ms} is in the future (now {now})"));
+        }
+        let schedule = s.schedule.clone();
+        if schedule.next_after(tick_ms.saturating_sub(1)) != Some(tick_ms) {
+            return Reply::Rejected(format!("backfill {name}: {tick_ms} is not a tick of schedule {name}"));
+        }
+        // A tick that made its run (fired or backfilled earlier) is not run again.
+        let run_id = Run::scheduled_id(name, tick_ms);
+        if self.runs.contains_key(&run_id) {
+            return Reply::Run { run_id, deduplicated: true };
+        }
+        let trigger = Trigger::Backfill { schedule: name.into(), tick_ms };
+        self.start_scheduled(index, now, &schedule, run_id.clone(), trigger, fx);
+        self.record(&run_id, now, by, "backfill", "");
+        Reply::Run { run_id, deduplicated: false }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pause_schedule(
+        &mut self,
+        index: u64,
+        now: i64,
+        name: &str,
+        paused: bool,
+        note: String,
+        by: &Actor,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some(s) = self.schedules.get_mut(name) else {
+            return Reply::Rejected(format!("schedule {name:?} does not exist"));
+        };
+        if s.paused == paused {
+            let already = if paused { "is already paused" } else { "is not paused" };
+            return Reply::Rejected(format!("schedule {name} {already}"));
+        }
+        s.paused = paused;
+        if paused {
+            let who = if by.principal.is_empty() { "someone" } else { by.principal.as_str() };
+            s.pause_note =
+                if note.is_empty() { format!("paused by {who}") } else { format!("paused by {who}: {note}") };
+            s.paused_at_ms = now;
+            return Reply::Done;
+        }
+        s.pause_note.clear();
+        // Ticks that passed while paused did not run: one visible record for all of them.
+        let (Some(first), schedule) = (s.next_fire_at_ms.filter(|t| *t <= now), s.schedule.clone()) else {
+            s.next_fire_at_ms = s.next_fire_at_ms.or_else(|| s.schedule.next_after(now));
+            return Reply::Done;
+        };
+        let mut last = first;
+        let mut count = 1;
+        while let Some(next) = schedule.next_after(last) {
+            if next > now || count >= MAX_MISSED_COUNT {
+                break;
+            }
+            last = next;
+            count += 1;
+        }
+        s.last_tick_ms = Some(last);
+        s.next_fire_at_ms = schedule.next_after(now.max(last));
+        s.ticks_missed += count;
+        let mut record = missed_record(name, &schedule.runbook, first, last, count, now);
+        record.error = Some(format!("{count} tick(s) from {first} to {last} did not run: the schedule was paused"));
+        self.insert_run(index, record, fx);
+        Reply::Done
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -637,27 +813,34 @@ impl State {
     }
 
     fn force_fail(&mut self, now: i64, run_id: &str, reason: String, by: Actor, fx: &mut Vec<Effect>) -> Reply {
-        let Some(run) = self.runs.get_mut(run_id) else {
+        let Some(run) = self.runs.get(run_id) else {
             return Reply::Rejected(format!("run {run_id:?} does not exist"));
         };
         if run.state.is_terminal() {
             return Reply::Rejected(format!("run {run_id} is {} already", run.state.as_str()));
         }
         let who = if by.principal.is_empty() { "an operator".to_string() } else { by.principal.clone() };
+        let error = format!("force-failed by {who}{}", reason_suffix(&reason));
+        self.end_now(now, run_id, RunState::Failed, error, fx);
+        self.record(run_id, now, &by, "force_fail", &reason);
+        Reply::Done
+    }
+
+    /// Ends a run that has not ended in `state` at once: waiting steps are cancelled, running
+    /// attempts are asked to stop (their results are still recorded when they come, without
+    /// changing the run).
+    fn end_now(&mut self, now: i64, run_id: &str, state: RunState, error: String, fx: &mut Vec<Effect>) {
+        let Some(run) = self.runs.get_mut(run_id).filter(|r| !r.state.is_terminal()) else { return };
         for step in run.steps.iter_mut().filter(|s| s.state == StepState::Waiting) {
             step.state = StepState::Cancelled;
             step.finished_at_ms = now;
         }
-        // Running attempts are asked to stop; their results are still recorded when they come.
         for a in run.steps.iter().filter_map(|s| s.active_attempt()) {
             fx.push(Effect::CancelAttempt { worker: a.worker.clone(), attempt_id: a.id });
         }
         run.cancel_requested = true;
-        let error = format!("force-failed by {who}{}", reason_suffix(&reason));
-        self.finish_run(run_id, RunState::Failed, Some(error), now);
-        self.record(run_id, now, &by, "force_fail", &reason);
+        self.finish_run(run_id, state, Some(error), now);
         fx.push(Effect::RunChanged(run_id.to_string()));
-        Reply::Done
     }
 
     /// The run's current step if it is `step_id` in `state`, with the step's action.

@@ -51,6 +51,8 @@ pub struct Dev {
     pub banner: Vec<String>,
     /// Extra `baton dev` arguments (see [`Dev::start_with`]).
     extra: Vec<String>,
+    /// Extra environment variables of the `baton dev` process (see [`Dev::start_with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Dev {
@@ -61,6 +63,12 @@ impl Dev {
 
     /// Like [`Dev::start`], with extra `baton dev` arguments (for example `--group`).
     pub fn start_with(data_dir: &Path, runbooks: &Path, extra: &[&str]) -> Dev {
+        Dev::start_with_env(data_dir, runbooks, extra, &[])
+    }
+
+    /// Like [`Dev::start_with`], with extra environment variables for the `baton dev` process
+    /// (and so for its worker, which resolves `env:` secrets from them). Kept across restarts.
+    pub fn start_with_env(data_dir: &Path, runbooks: &Path, extra: &[&str], env: &[(&str, &str)]) -> Dev {
         let addr = format!("127.0.0.1:{}", free_port());
         let http = format!("127.0.0.1:{}", free_port());
         let mut dev = Dev {
@@ -71,6 +79,7 @@ impl Dev {
             http,
             banner: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         dev.spawn();
         dev
@@ -89,6 +98,7 @@ impl Dev {
             .arg(&self.runbooks)
             .args(&self.extra)
             .env("BATON_LOG", "info,raft=warn,sled=warn,h2=warn,tower=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

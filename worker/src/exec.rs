@@ -14,6 +14,13 @@
 //!   [`parse_set_output`]), bounded to [`MAX_OUTPUTS`] names of at most
 //!   [`MAX_OUTPUT_VALUE_BYTES`] each.
 //!
+//! - Secrets: a `secret` parameter reaches the worker as a marker that carries only its
+//!   reference ([`baton_core::template::secret_marker`]). [`resolve_secrets`] replaces the
+//!   markers in argv, env values and workdir with the secrets just before the run, and
+//!   [`run_exec`] refuses to start anything that still holds a marker. Every resolved value is
+//!   replaced by [`REDACTED`] in the output chunks, the tails, the `::set-output` values and the
+//!   error, by exact match, also when a value is split across two pipe reads.
+//!
 //! Every failure is reported in the outcome ([`ExecStatus`] plus a human-readable `error`);
 //! `run_exec` itself never fails and never panics.
 //!
@@ -21,12 +28,16 @@
 //! output readers; use the cancellation token for a graceful SIGTERM-first stop.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use baton_core::runbook::SecretRef;
+use baton_core::template::{SECRET_MARKER_START, Segment, secret_segments};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -65,8 +76,13 @@ const REAP_AFTER_SIGKILL: Duration = Duration::from_secs(5);
 /// cannot be awaited without pidfds, so this is the one place that polls.
 const GROUP_POLL: Duration = Duration::from_millis(20);
 
+/// What a secret value is replaced with in everything a step reports.
+pub const REDACTED: &str = "***";
+
 /// One `exec` action: what to run and how to bound it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output redacts the secrets of [`ExecRequest::redact`].
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExecRequest {
     /// The program and its arguments; `argv[0]` is resolved via `PATH`, never run through a shell.
     pub argv: Vec<String>,
@@ -80,6 +96,167 @@ pub struct ExecRequest {
     pub kill_grace: Duration,
     /// How many trailing bytes of each stream to keep for the outcome.
     pub tail_bytes: usize,
+    /// Secret values replaced by [`REDACTED`] in the chunks, tails, outputs and error of the
+    /// run; filled by [`resolve_secrets`].
+    pub redact: SecretValues,
+}
+
+impl fmt::Debug for ExecRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let argv: Vec<String> = self.argv.iter().map(|arg| self.redact.redact(arg)).collect();
+        let env: BTreeMap<&String, String> = self.env.iter().map(|(k, v)| (k, self.redact.redact(v))).collect();
+        let workdir = self.workdir.as_ref().map(|dir| self.redact.redact(&dir.to_string_lossy()));
+        f.debug_struct("ExecRequest")
+            .field("argv", &argv)
+            .field("env", &env)
+            .field("workdir", &workdir)
+            .field("timeout", &self.timeout)
+            .field("kill_grace", &self.kill_grace)
+            .field("tail_bytes", &self.tail_bytes)
+            .field("redact", &self.redact)
+            .finish()
+    }
+}
+
+/// The secret values of one run. `Debug` shows how many there are, never what they are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues(Vec<String>);
+
+impl SecretValues {
+    /// Adds a value to redact; empty values (nothing to hide) and repeats are ignored.
+    pub fn add(&mut self, value: &str) {
+        if !value.is_empty() && !self.0.iter().any(|v| v == value) {
+            self.0.push(value.to_string());
+        }
+    }
+
+    /// Whether there is nothing to redact.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `text` with every occurrence of every value replaced by [`REDACTED`] (the longest value
+    /// first where several start at the same place).
+    pub fn redact(&self, text: &str) -> String {
+        if self.is_empty() {
+            return text.to_string();
+        }
+        let mut redactor = Redactor::new(self);
+        let mut bytes = redactor.push(text.as_bytes());
+        bytes.extend(redactor.finish());
+        // Whole UTF-8 values were replaced by ASCII, so the text stays valid.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValues({} value(s), not shown)", self.0.len())
+    }
+}
+
+/// Replaces every secret marker in `req`'s argv, env values and workdir with the secret it
+/// refers to, read with `lookup`, and adds each secret to `req.redact`.
+///
+/// A reference is looked up once however often it appears. The error names the input and the
+/// reference (`argv[2]: cannot resolve secret env:DB_PASSWORD: ...`), never a value.
+pub fn resolve_secrets_with(
+    req: &mut ExecRequest,
+    mut lookup: impl FnMut(&SecretRef) -> Result<String, String>,
+) -> Result<(), String> {
+    let mut resolved: BTreeMap<SecretRef, String> = BTreeMap::new();
+    let mut substitute = |field: &str, text: &str| -> Result<Option<String>, String> {
+        if !text.contains(SECRET_MARKER_START) {
+            return Ok(None);
+        }
+        let segments = secret_segments(text).map_err(|err| format!("{field}: {err}"))?;
+        let mut out = String::with_capacity(text.len());
+        for segment in segments {
+            match segment {
+                Segment::Text(literal) => out.push_str(literal),
+                Segment::Secret(reference) => {
+                    if !resolved.contains_key(&reference) {
+                        let value = lookup(&reference)
+                            .map_err(|why| format!("{field}: cannot resolve secret {reference}: {why}"))?;
+                        if value.contains('\0') {
+                            return Err(format!(
+                                "{field}: cannot use secret {reference}: its value contains a NUL byte, which \
+                                 cannot be passed to a process"
+                            ));
+                        }
+                        resolved.insert(reference.clone(), value);
+                    }
+                    out.push_str(&resolved[&reference]);
+                }
+            }
+        }
+        Ok(Some(out))
+    };
+    for (i, arg) in req.argv.iter_mut().enumerate() {
+        if let Some(text) = substitute(&format!("argv[{i}]"), arg)? {
+            *arg = text;
+        }
+    }
+    for (name, value) in &mut req.env {
+        if let Some(text) = substitute(&format!("env.{name}"), value)? {
+            *value = text;
+        }
+    }
+    if let Some(dir) = &mut req.workdir
+        && let Some(text) = dir.to_str().map(|d| substitute("workdir", d)).transpose()?.flatten()
+    {
+        *dir = PathBuf::from(text);
+    }
+    for value in resolved.values() {
+        req.redact.add(value);
+    }
+    Ok(())
+}
+
+/// [`resolve_secrets_with`] reading secrets with [`read_secret`]: from this worker's
+/// environment and file system.
+pub fn resolve_secrets(req: &mut ExecRequest) -> Result<(), String> {
+    resolve_secrets_with(req, read_secret)
+}
+
+/// Reads a secret on this worker: `env:NAME` is the variable `NAME` of this process, `file:PATH`
+/// the file's text with one trailing newline (`\n` or `\r\n`) removed. The error says why it
+/// cannot be read without repeating any part of the value.
+pub fn read_secret(reference: &SecretRef) -> Result<String, String> {
+    match reference {
+        SecretRef::Env(name) => match std::env::var(name) {
+            Ok(value) => Ok(value),
+            Err(std::env::VarError::NotPresent) => {
+                Err(format!("the environment variable {name} is not set on this worker"))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("the environment variable {name} is not valid UTF-8"))
+            }
+        },
+        SecretRef::File(path) => {
+            let bytes = std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}"))?;
+            let mut text = String::from_utf8(bytes).map_err(|_| format!("{path} is not valid UTF-8 text"))?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// Where `req` still holds a secret marker, if anywhere: `argv[1]`, `env.NAME` or `workdir`.
+fn unresolved_marker(req: &ExecRequest) -> Option<String> {
+    let marked = |text: &str| text.contains(SECRET_MARKER_START);
+    if let Some(i) = req.argv.iter().position(|arg| marked(arg)) {
+        return Some(format!("argv[{i}]"));
+    }
+    if let Some(name) = req.env.iter().find(|(_, value)| marked(value)).map(|(name, _)| name) {
+        return Some(format!("env.{name}"));
+    }
+    req.workdir.as_ref().filter(|dir| marked(&dir.to_string_lossy())).map(|_| "workdir".to_string())
 }
 
 impl ExecRequest {
@@ -96,6 +273,7 @@ impl ExecRequest {
             timeout: None,
             kill_grace: DEFAULT_KILL_GRACE,
             tail_bytes: DEFAULT_TAIL_BYTES,
+            redact: SecretValues::default(),
         }
     }
 }
@@ -129,7 +307,8 @@ pub enum ExecStatus {
     TimedOut,
     /// The cancellation token fired and we killed the process group.
     Cancelled,
-    /// The process never started (empty argv, program not found, bad workdir, ...).
+    /// The process never started (empty argv, program not found, bad workdir, a secret that
+    /// cannot be resolved, ...).
     SpawnFailed,
 }
 
@@ -153,8 +332,9 @@ pub struct ExecOutcome {
 }
 
 impl ExecOutcome {
-    /// The outcome for a process that never started.
-    fn spawn_failed(error: String) -> Self {
+    /// The outcome for a process that never started, for example because one of its secrets
+    /// could not be resolved.
+    pub fn spawn_failed(error: String) -> Self {
         Self {
             status: ExecStatus::SpawnFailed,
             exit_code: None,
@@ -196,6 +376,20 @@ fn is_output_name(name: &str) -> bool {
 /// which is the same as a slow terminal. The tails and outputs in the outcome never depend on
 /// the receiver. All senders are dropped by the time this returns.
 pub async fn run_exec(req: ExecRequest, chunks: mpsc::Sender<OutputChunk>, cancel: CancellationToken) -> ExecOutcome {
+    if let Some(field) = unresolved_marker(&req) {
+        return ExecOutcome::spawn_failed(format!(
+            "{field} still holds a secret marker: secrets must be resolved (resolve_secrets) before the run"
+        ));
+    }
+    let redact = req.redact.clone();
+    let mut outcome = run_resolved(req, chunks, cancel).await;
+    // Spawn errors name the program and the workdir, either of which may hold a secret.
+    outcome.error = outcome.error.map(|error| redact.redact(&error));
+    outcome
+}
+
+/// [`run_exec`] for a request without secret markers.
+async fn run_resolved(req: ExecRequest, chunks: mpsc::Sender<OutputChunk>, cancel: CancellationToken) -> ExecOutcome {
     let Some((program, args)) = req.argv.split_first() else {
         return ExecOutcome::spawn_failed("empty argv".to_owned());
     };
@@ -226,11 +420,11 @@ pub async fn run_exec(req: ExecRequest, chunks: mpsc::Sender<OutputChunk>, cance
         let _ = child.start_kill();
         return ExecOutcome::spawn_failed("spawned child has no usable pid".to_owned());
     };
-    tracing::debug!(pid = pgid.as_raw(), argv = ?req.argv, "exec child spawned");
+    tracing::debug!(pid = pgid.as_raw(), request = ?req, "exec child spawned");
 
     // From here on, dropping this future SIGKILLs the group and stops the readers.
     let mut kill_group_on_drop = KillGroupOnDrop { pgid, armed: true };
-    let mut readers = Readers::spawn(&mut child, req.tail_bytes, chunks);
+    let mut readers = Readers::spawn(&mut child, req.tail_bytes, &req.redact, chunks);
 
     let deadline = async {
         match req.timeout {
@@ -428,13 +622,14 @@ struct Readers {
 }
 
 impl Readers {
-    /// Takes the child's stdout and stderr and starts reading them.
-    fn spawn(child: &mut Child, tail_bytes: usize, chunks: mpsc::Sender<OutputChunk>) -> Self {
+    /// Takes the child's stdout and stderr and starts reading them, redacting `secrets`.
+    fn spawn(child: &mut Child, tail_bytes: usize, secrets: &SecretValues, chunks: mpsc::Sender<OutputChunk>) -> Self {
         let stop = CancellationToken::new();
         let stdout = read_stream(
             child.stdout.take(),
             Stream::Stdout,
             StreamCapture::new(tail_bytes, true),
+            Redactor::new(secrets),
             chunks.clone(),
             stop.clone(),
         );
@@ -442,6 +637,7 @@ impl Readers {
             child.stderr.take(),
             Stream::Stderr,
             StreamCapture::new(tail_bytes, false),
+            Redactor::new(secrets),
             chunks,
             stop.clone(),
         );
@@ -489,11 +685,13 @@ impl Readers {
     }
 }
 
-/// Reads one pipe until EOF or `stop`, capturing into `capture` and forwarding chunks.
+/// Reads one pipe until EOF or `stop`, redacting secrets, capturing into `capture` and
+/// forwarding chunks. Only redacted bytes reach the capture (tail and outputs) and the chunks.
 async fn read_stream<R: AsyncRead + Unpin>(
     pipe: Option<R>,
     stream: Stream,
     mut capture: StreamCapture,
+    mut redactor: Redactor,
     chunks: mpsc::Sender<OutputChunk>,
     stop: CancellationToken,
 ) -> StreamCapture {
@@ -518,10 +716,14 @@ async fn read_stream<R: AsyncRead + Unpin>(
                 break;
             }
         };
-        let data = &buf[..n];
-        capture.push(data);
+        let data = redactor.push(&buf[..n]);
+        if data.is_empty() {
+            // All of it might be the start of a secret; wait for more.
+            continue;
+        }
+        capture.push(&data);
         if let Some(tx) = &sink {
-            let chunk = OutputChunk { stream, data: data.to_vec() };
+            let chunk = OutputChunk { stream, data };
             let sent = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
@@ -533,7 +735,80 @@ async fn read_stream<R: AsyncRead + Unpin>(
             }
         }
     }
+    // Bytes held back as a possible start of a secret turned out not to be one (or the stream
+    // ended inside it): they are output too, redacted where they complete a shorter secret.
+    let rest = redactor.finish();
+    if !rest.is_empty() {
+        capture.push(&rest);
+        if let Some(tx) = sink.filter(|_| !stop.is_cancelled()) {
+            let chunk = OutputChunk { stream, data: rest };
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => {}
+                _ = tx.send(chunk) => {}
+            }
+        }
+    }
     capture
+}
+
+/// Replaces secret values in a byte stream that arrives in pieces.
+///
+/// A value may be split across two reads, so the end of each piece that could be the start of
+/// a secret is held back until the next piece (or [`Redactor::finish`]) shows whether it is.
+/// At most the longest secret's length minus one byte is held back.
+struct Redactor {
+    /// The secret values, as bytes.
+    secrets: Arc<[Vec<u8>]>,
+    /// Bytes received but not yet released.
+    pending: Vec<u8>,
+}
+
+impl Redactor {
+    /// A redactor for `secrets`.
+    fn new(secrets: &SecretValues) -> Self {
+        let secrets: Arc<[Vec<u8>]> = secrets.0.iter().map(|s| s.as_bytes().to_vec()).collect();
+        Self { secrets, pending: Vec::new() }
+    }
+
+    /// Takes the next bytes of the stream and returns what can be released, redacted.
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            return data.to_vec();
+        }
+        self.pending.extend_from_slice(data);
+        self.release(false)
+    }
+
+    /// Releases everything still held back, redacted: the stream has ended.
+    fn finish(&mut self) -> Vec<u8> {
+        self.release(true)
+    }
+
+    /// Redacts `pending` from the front, stopping (unless `at_end`) where the rest could still
+    /// become a secret, and returns the bytes before that point.
+    fn release(&mut self, at_end: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut i = 0;
+        while i < self.pending.len() {
+            let rest = &self.pending[i..];
+            if !at_end && self.secrets.iter().any(|s| s.len() > rest.len() && s.starts_with(rest)) {
+                break;
+            }
+            match self.secrets.iter().filter(|s| rest.starts_with(s)).map(Vec::len).max() {
+                Some(len) => {
+                    out.extend_from_slice(REDACTED.as_bytes());
+                    i += len;
+                }
+                None => {
+                    out.push(rest[0]);
+                    i += 1;
+                }
+            }
+        }
+        self.pending.drain(..i);
+        out
+    }
 }
 
 /// Everything kept from one stream: its tail and, for stdout, the outputs parsed from it.
@@ -722,6 +997,71 @@ mod tests {
         let (outputs, ignored) = collect(&[at.as_bytes(), over.as_bytes()]);
         assert_eq!(outputs.keys().collect::<Vec<_>>(), ["at"]);
         assert_eq!(ignored, 1);
+    }
+
+    fn secrets(values: &[&str]) -> SecretValues {
+        let mut secrets = SecretValues::default();
+        for value in values {
+            secrets.add(value);
+        }
+        secrets
+    }
+
+    /// Feeds `pieces` to a redactor and returns everything it released.
+    fn redact_pieces(secrets: &SecretValues, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut redactor = Redactor::new(secrets);
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(redactor.push(piece));
+        }
+        out.extend(redactor.finish());
+        out
+    }
+
+    #[test]
+    fn a_secret_is_redacted_at_every_split_point() {
+        let secrets = secrets(&["hunter2", "s3cr3t-value"]);
+        let text = b"user=ada pass=hunter2 token=s3cr3t-value hunter hunter2";
+        let expected = b"user=ada pass=*** token=*** hunter ***".to_vec();
+        for split in 0..=text.len() {
+            let (a, b) = text.split_at(split);
+            assert_eq!(redact_pieces(&secrets, &[a, b]), expected, "split at {split}");
+            for second in split..=text.len() {
+                let (b, c) = text[split..].split_at(second - split);
+                assert_eq!(redact_pieces(&secrets, &[a, b, c]), expected, "split at {split} and {second}");
+            }
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(redact_pieces(&secrets, &bytes), expected);
+    }
+
+    #[test]
+    fn redaction_holds_back_only_a_possible_secret_start() {
+        let secrets = secrets(&["hunter2"]);
+        let mut redactor = Redactor::new(&secrets);
+        assert_eq!(redactor.push(b"pass=hun"), b"pass=");
+        assert_eq!(redactor.push(b"t"), b"");
+        assert_eq!(redactor.push(b"ed\n"), b"hunted\n");
+        assert_eq!(redactor.push(b"hunter"), b"");
+        assert_eq!(redactor.finish(), b"hunter", "the stream ended before the secret was complete");
+    }
+
+    #[test]
+    fn overlapping_secrets_prefer_the_longest_and_a_shorter_one_is_still_found() {
+        let secrets = secrets(&["ab", "abcd", "", "ab"]);
+        assert_eq!(redact_pieces(&secrets, &[b"xabcdy"]), b"x***y");
+        assert_eq!(redact_pieces(&secrets, &[b"xab", b"c"]), b"x***c");
+        assert_eq!(redact_pieces(&secrets, &[b"abab"]), b"******");
+        assert_eq!(secrets.redact("command not found: abcd"), "command not found: ***");
+        assert_eq!(format!("{secrets:?}"), "SecretValues(2 value(s), not shown)");
+    }
+
+    #[test]
+    fn without_secrets_nothing_is_held_back() {
+        let mut redactor = Redactor::new(&SecretValues::default());
+        assert_eq!(redactor.push(b"abc"), b"abc");
+        assert_eq!(redactor.finish(), b"");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::exec::{ExecRequest, ExecStatus, OutputChunk, Stream, run_exec};
+use crate::exec::{ExecOutcome, ExecRequest, ExecStatus, OutputChunk, SecretValues, Stream, resolve_secrets, run_exec};
 
 /// How many attempt ids the worker remembers to refuse duplicates.
 const SEEN_MEMORY: usize = 100_000;
@@ -308,14 +308,18 @@ async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token:
     let attempt_id = a.attempt_id;
     tracing::info!(attempt = attempt_id, run = a.run_id, step = a.step_id, argv = ?a.argv, "starting attempt");
     send(&memory, pb::worker_message::Msg::Started(pb::AttemptStarted { attempt_id, at_ms: now_ms() })).await;
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         argv: a.argv.clone(),
         env: a.env.clone().into_iter().collect(),
         workdir: (!a.workdir.is_empty()).then(|| PathBuf::from(&a.workdir)),
         timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms)),
         kill_grace: config.kill_grace,
         tail_bytes: config.tail_bytes,
+        redact: SecretValues::default(),
     };
+    // Secrets are read here, on this worker, just before the run; the assignment (and so the
+    // Raft log and the run record) only ever holds their references.
+    let resolved = resolve_secrets(&mut req);
     let (chunk_tx, mut chunk_rx) = mpsc::channel::<OutputChunk>(64);
     let forward = {
         let memory = memory.clone();
@@ -344,7 +348,14 @@ async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token:
             }
         })
     };
-    let outcome = run_exec(req, chunk_tx, token).await;
+    let outcome = match resolved {
+        Ok(()) => run_exec(req, chunk_tx, token).await,
+        Err(error) => {
+            tracing::warn!(attempt = attempt_id, %error, "cannot resolve the step's secrets");
+            drop(chunk_tx);
+            ExecOutcome::spawn_failed(error)
+        }
+    };
     let _ = forward.await;
     let state = match outcome.status {
         ExecStatus::Succeeded => pb::AttemptState::Succeeded,

@@ -78,19 +78,22 @@ pub(crate) struct ParamFile {
     /// Whether a value must be given. A required parameter cannot have a default.
     #[serde(default)]
     pub required: bool,
-    /// Value used when none is given; must satisfy the other rules.
+    /// Value used when none is given; must satisfy the other rules. For a secret parameter, a
+    /// reference (`env:NAME` or `file:/absolute/path`), never the secret itself.
     #[serde(default)]
     pub default: Option<serde_json::Value>,
-    /// Regex that string values (and each list item) must match. Not anchored implicitly: write
-    /// `^...$` to match the whole value.
+    /// Regex that string values (each list item, each map value) must match. Not anchored
+    /// implicitly: write `^...$` to match the whole value. Not for secret parameters.
     #[serde(default)]
     pub pattern: Option<String>,
-    /// Smallest allowed value (int parameters only).
+    /// Smallest allowed value (int and float parameters only; an integer for int).
     #[serde(default)]
-    pub min: Option<i64>,
-    /// Largest allowed value (int parameters only).
+    #[schemars(with = "Option<f64>")]
+    pub min: Option<serde_json::Value>,
+    /// Largest allowed value (int and float parameters only; an integer for int).
     #[serde(default)]
-    pub max: Option<i64>,
+    #[schemars(with = "Option<f64>")]
+    pub max: Option<serde_json::Value>,
     /// The allowed values (enum parameters only, required for them).
     #[serde(default)]
     pub values: Option<Vec<String>>,
@@ -113,6 +116,12 @@ pub(crate) enum ParamType {
     Enum,
     /// A list of strings (a comma-separated string is accepted too).
     List,
+    /// A finite floating-point number (NaN and infinities are refused).
+    Float,
+    /// A mapping of string keys to string values (a JSON object or `k=v,k2=v2` is accepted too).
+    Map,
+    /// A reference to a secret on the worker: `env:NAME` or `file:/absolute/path`.
+    Secret,
 }
 
 /// One step of a runbook.

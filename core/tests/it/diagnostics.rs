@@ -251,13 +251,13 @@ params:
   e: {{ type: int, min: 5, max: 1 }}
   f: {{ type: bool, default: perhaps }}
   g-h: {{ type: string }}
-  i: {{ type: float }}
+  i: {{ type: decimal }}
 steps:
 {STEP}"
     );
     // serde stops at the unknown type first.
-    assert_one(runbook_errors(&text), 10, 14, "params.i.type", "unknown value `float`");
-    let text = text.replace("  i: { type: float }\n", "");
+    assert_one(runbook_errors(&text), 10, 14, "params.i.type", "unknown value `decimal`");
+    let text = text.replace("  i: { type: decimal }\n", "");
     let found = runbook_errors(&text);
     let summary: Vec<(usize, usize, &str)> = found.iter().map(|(l, c, f, _)| (*l, *c, f.as_str())).collect();
     assert_eq!(
@@ -275,7 +275,7 @@ steps:
     );
     assert!(found[0].3.contains("a required parameter cannot have a default"));
     assert!(found[1].3.contains("the default does not satisfy the parameter: parameter `b`: 0 is out of range"));
-    assert!(found[2].3.contains("`min` applies to int parameters only"));
+    assert!(found[2].3.contains("`min` applies to int and float parameters only"));
     assert!(found[3].3.contains("needs `values: [...]`"));
     assert!(found[4].3.contains("expected max >= min (5), found 1"));
     assert!(found[5].3.contains("expected a boolean"));

@@ -8,7 +8,12 @@ use baton_core::template::{TemplateError, render_exec};
 use serde_json::{Value, json};
 
 fn exec(command: &[&str]) -> ExecAction {
-    ExecAction { command: command.iter().map(|s| s.to_string()).collect(), env: BTreeMap::new(), workdir: None }
+    ExecAction {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+        workdir: None,
+        secret_params: Vec::new(),
+    }
 }
 
 fn ctx(params: Value) -> Value {
@@ -37,6 +42,7 @@ fn conditionals_outputs_and_run_fields() {
         ],
         env: BTreeMap::from([("DAYS".to_string(), "{{ params.days }}".to_string())]),
         workdir: Some("/srv/{{ run.runbook }}".into()),
+        secret_params: Vec::new(),
     };
     let out = render_exec(&action, &ctx(json!({ "dry_run": true, "days": 7 }))).unwrap();
     assert_eq!(out.argv, ["find", "-print", "Hello, Ada! (run-42, succeeded)"]);

@@ -58,5 +58,27 @@ async fn metrics(State(api): State<Api>) -> String {
         let n = counts.get(state.as_str()).copied().unwrap_or(0);
         out.push_str(&format!("baton_runs{{state=\"{}\"}} {n}\n", state.as_str()));
     }
+    let schedules: Vec<(String, u64, u64, bool)> = api.node.read(|s| {
+        s.schedules.iter().map(|(name, st)| (name.clone(), st.runs_fired, st.ticks_missed, st.paused)).collect()
+    });
+    for (metric, kind, help) in [
+        ("baton_schedule_runs_fired_total", "counter", "Runs started by a schedule's ticks."),
+        (
+            "baton_schedule_ticks_missed_total",
+            "counter",
+            "Ticks of a schedule that did not run (cluster down, overlap, blackout, paused, catch-up window).",
+        ),
+        ("baton_schedule_paused", "gauge", "1 while a schedule is paused."),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+        for (name, fired, missed, paused) in &schedules {
+            let value = match metric {
+                "baton_schedule_runs_fired_total" => *fired,
+                "baton_schedule_ticks_missed_total" => *missed,
+                _ => u64::from(*paused),
+            };
+            out.push_str(&format!("{metric}{{schedule=\"{name}\"}} {value}\n"));
+        }
+    }
     out
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use baton_core::command::{Command, Op};
 use baton_core::runbook::ParamKind;
+use baton_core::schedule::{BlackoutAction, CatchUpPolicy};
 use baton_core::{Document, parse_document};
 use baton_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -241,6 +242,9 @@ fn version_to_pb(entry: &crate::fsm::RunbookEntry, rb: &baton_core::Runbook) -> 
                     ParamKind::Bool => "bool".into(),
                     ParamKind::Enum { values } => format!("enum({})", values.join("|")),
                     ParamKind::List => "list".into(),
+                    ParamKind::Float => "float".into(),
+                    ParamKind::Map => "map".into(),
+                    ParamKind::Secret => "secret".into(),
                 },
                 required: p.required,
                 default_json: p.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
@@ -309,26 +313,143 @@ impl pb::runbook_service_server::RunbookService for Api {
 impl pb::schedule_service_server::ScheduleService for Api {
     async fn list(
         &self,
-        _req: Request<pb::ListSchedulesRequest>,
+        req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        let schedules = self.node.read(|s| {
-            s.schedules
-                .values()
-                .map(|st| pb::Schedule {
-                    name: st.schedule.name.clone(),
-                    runbook: st.schedule.runbook.clone(),
-                    cron: st.schedule.cron.clone(),
-                    timezone: st.schedule.timezone.clone(),
-                    params_json: serde_json::to_string(&st.schedule.params).unwrap_or_default(),
-                    next_fire_at_ms: st.next_fire_at_ms.unwrap_or(0),
-                    last_tick_ms: st.last_tick_ms.unwrap_or(0),
-                    runs_fired: st.runs_fired,
-                    ticks_missed: st.ticks_missed,
-                    description: st.schedule.description.clone(),
-                })
+        self.read_barrier(&req).await?;
+        let now = now_ms();
+        let schedules = self.node.read(|s| s.schedules.values().map(|st| schedule_to_pb(st, now)).collect());
+        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+    }
+
+    async fn trigger(&self, req: Request<pb::TriggerScheduleRequest>) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let by = runs::actor(&req.principal, "api", false)?;
+        self.schedule_exists(&req.name)?;
+        let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let op = Op::TriggerSchedule { schedule: req.name, run_id, by };
+        match self.propose(op).await? {
+            Reply::Run { run_id, .. } => Ok(Response::new(self.run_pb(&run_id)?)),
+            other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}")).into()),
+        }
+    }
+
+    async fn backfill(&self, req: Request<pb::BackfillRequest>) -> Result<Response<pb::BackfillResponse>, Status> {
+        let req = req.into_inner();
+        let by = runs::actor(&req.principal, "api", false)?;
+        self.schedule_exists(&req.name)?;
+        if req.from_ms > req.to_ms {
+            return Err(ApiError::invalid("from_ms", "is after to_ms").into());
+        }
+        if req.to_ms > now_ms() {
+            return Err(ApiError::invalid("to_ms", "is in the future; a backfill runs past ticks only").into());
+        }
+        let ticks: Vec<i64> = self.node.read(|s| {
+            s.schedules[&req.name]
+                .schedule
+                .fire_times(req.from_ms.saturating_sub(1), crate::fsm::MAX_BACKFILL + 1)
+                .into_iter()
+                .take_while(|t| *t <= req.to_ms)
                 .collect()
         });
-        Ok(Response::new(pb::ListSchedulesResponse { schedules }))
+        if ticks.len() > crate::fsm::MAX_BACKFILL {
+            let limit = crate::fsm::MAX_BACKFILL;
+            return Err(
+                ApiError::invalid("to_ms", format!("the range has more than {limit} ticks; backfill less")).into()
+            );
+        }
+        // One command per tick, oldest first: each is checked and deduplicated on its own, and a
+        // backfill that is interrupted can simply be asked for again.
+        let mut run_ids = Vec::new();
+        let mut existing = 0;
+        for tick_ms in ticks {
+            let op = Op::Backfill { schedule: req.name.clone(), tick_ms, by: by.clone() };
+            match self.propose(op).await? {
+                Reply::Run { deduplicated: true, .. } => existing += 1,
+                Reply::Run { run_id, .. } => run_ids.push(run_id),
+                other => return Err(ApiError::Unavailable(format!("unexpected reply {other:?}")).into()),
+            }
+        }
+        Ok(Response::new(pb::BackfillResponse { run_ids, existing }))
+    }
+
+    async fn pause(&self, req: Request<pb::PauseScheduleRequest>) -> Result<Response<pb::Schedule>, Status> {
+        Ok(Response::new(self.pause_schedule(req.into_inner(), true).await?))
+    }
+
+    async fn unpause(&self, req: Request<pb::PauseScheduleRequest>) -> Result<Response<pb::Schedule>, Status> {
+        Ok(Response::new(self.pause_schedule(req.into_inner(), false).await?))
+    }
+}
+
+impl Api {
+    fn schedule_exists(&self, name: &str) -> Result<(), ApiError> {
+        self.node.read(|s| {
+            if s.schedules.contains_key(name) {
+                return Ok(());
+            }
+            let known: Vec<&str> = s.schedules.keys().map(String::as_str).collect();
+            Err(ApiError::NotFound(format!(
+                "schedule {name:?} does not exist (known: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )))
+        })
+    }
+
+    fn run_pb(&self, id: &str) -> Result<pb::Run, ApiError> {
+        self.node
+            .read(|s| s.runs.get(id).map(baton_proto::run_to_pb))
+            .ok_or_else(|| ApiError::NotFound(format!("run {id:?} does not exist")))
+    }
+
+    async fn pause_schedule(&self, req: pb::PauseScheduleRequest, paused: bool) -> Result<pb::Schedule, ApiError> {
+        let by = runs::actor(&req.principal, "api", false)?;
+        if req.note.len() > 1_024 {
+            return Err(ApiError::invalid("note", "is longer than 1024 bytes"));
+        }
+        self.schedule_exists(&req.name)?;
+        let op = Op::PauseSchedule { schedule: req.name.clone(), paused, note: req.note, by };
+        self.propose(op).await?;
+        let now = now_ms();
+        Ok(self.node.read(|s| schedule_to_pb(&s.schedules[&req.name], now)))
+    }
+}
+
+fn schedule_to_pb(st: &crate::fsm::ScheduleState, now: i64) -> pb::Schedule {
+    let s = &st.schedule;
+    pb::Schedule {
+        name: s.name.clone(),
+        runbook: s.runbook.clone(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        params_json: serde_json::to_string(&s.params).unwrap_or_default(),
+        next_fire_at_ms: st.next_fire_at_ms.unwrap_or(0),
+        last_tick_ms: st.last_tick_ms.unwrap_or(0),
+        runs_fired: st.runs_fired,
+        ticks_missed: st.ticks_missed,
+        description: s.description.clone(),
+        overlap: s.overlap.as_str().to_string(),
+        catch_up: match s.catch_up.policy {
+            CatchUpPolicy::Skip => "skip",
+            CatchUpPolicy::Latest => "latest",
+            CatchUpPolicy::All => "all",
+        }
+        .to_string(),
+        catch_up_window_ms: i64::try_from(s.catch_up.window_ms).unwrap_or(i64::MAX),
+        jitter_ms: i64::try_from(s.jitter_ms).unwrap_or(i64::MAX),
+        paused: st.paused,
+        pause_note: st.pause_note.clone(),
+        blackouts: s
+            .blackouts
+            .iter()
+            .map(|b| {
+                let action = match b.action {
+                    BlackoutAction::Hold => "hold",
+                    BlackoutAction::Skip => "skip",
+                };
+                format!("{} for {} ({action})", b.cron, baton_core::duration::format_duration(b.duration_ms))
+            })
+            .collect(),
+        blackout_until_ms: s.blackout_at(now).map_or(0, |(_, until)| until),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod node;
 mod operations;
+mod schedules;
 mod sim;
 mod store;
 mod waits;

@@ -15,6 +15,8 @@ pub struct World {
     pub index: u64,
     pub now: i64,
     pub workers: Vec<WorkerSlot>,
+    /// When the simulated leader took over (ticks due before it were missed).
+    pub leader_since: i64,
 }
 
 impl World {
@@ -25,6 +27,7 @@ impl World {
             index: 0,
             now: 1_000,
             workers: vec![WorkerSlot { id: "w1".into(), capacity: 4 }],
+            leader_since: 0,
         };
         for text in runbooks {
             w.apply(Op::ApplyRunbook { runbook: Runbook::parse("rb.yaml", text).unwrap() });
@@ -47,7 +50,7 @@ impl World {
     pub fn step(&mut self) -> Vec<Op> {
         let view = View {
             now_ms: self.now,
-            leader_since_ms: 0,
+            leader_since_ms: self.leader_since,
             workers: self.workers.clone(),
             departed: HashMap::new(),
             worker_grace_ms: 1_000,
@@ -118,6 +121,27 @@ impl World {
             outputs: BTreeMap::new(),
             error: None,
         })
+    }
+}
+
+impl World {
+    /// Applies a schedule document.
+    pub fn schedule(&mut self, text: &str) {
+        let schedule = baton_core::Schedule::parse("s.yaml", text).unwrap();
+        let reply = self.apply(Op::ApplySchedule { schedule }).0;
+        assert!(matches!(reply, Reply::Applied { .. }), "{reply:?}");
+    }
+
+    /// Ids of the runs of schedule `name`, oldest first, with their states.
+    pub fn runs_of(&self, name: &str) -> Vec<(String, RunState)> {
+        self.state
+            .runs_newest_first("")
+            .filter(|r| r.trigger.schedule() == Some(name))
+            .map(|r| (r.id.clone(), r.state))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect()
     }
 }
 

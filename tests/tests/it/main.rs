@@ -10,3 +10,5 @@ mod language;
 mod membership;
 mod preview;
 mod restart;
+mod schedule_ops;
+mod secrets;

@@ -96,11 +96,7 @@ fn an_expression_that_never_fires_is_an_error() {
     let out = preview(&["0 0 30 2 *", "--from", "2026-03-28T00:00:00Z"]);
     assert_eq!(out.code, 1, "{out}");
     assert_eq!(out.stdout, "", "{out}");
-    assert_eq!(
-        out.stderr,
-        "error: the cron expression \"0 0 30 2 *\" never fires after 2026-03-28T00:00:00+00:00 (time zone UTC)\n",
-        "{out}"
-    );
+    assert_eq!(out.stderr, "error: the cron expression \"0 0 30 2 *\" never fires (no such date)\n", "{out}");
 }
 
 #[test]
