@@ -259,6 +259,171 @@ fn parse_rfc3339(s: &str) -> Result<i64, String> {
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-01T00:00:00Z, found {s:?} ({e})"))
 }
 
+/// `baton plan RUNBOOK -p ...`
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// Runbook name.
+    pub runbook: String,
+    /// A param, KEY=VALUE (repeatable).
+    #[arg(short = 'p', long = "param", value_parser = parse_kv)]
+    pub params: Vec<(String, String)>,
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+/// `baton plan`: what a run would do, rendered by the server from the current runbook version.
+pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let PlanArgs { runbook, params, opts } = args;
+    let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
+    let request = pb::StartRunRequest { runbook, params: params.into_iter().collect(), idempotency_key: String::new() };
+    let plan = client.plan(req(&opts, request)).await?.into_inner();
+    if opts.output == OutputFormat::Json {
+        let steps: Vec<serde_json::Value> = plan
+            .steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id, "block": s.block, "kind": s.kind, "when": s.when, "when_result": s.when_result,
+                    "argv": s.argv, "env": s.env, "workdir": s.workdir, "render_note": s.render_note,
+                    "timeout_ms": s.timeout_ms, "retry_attempts": s.retry_attempts, "idempotent": s.idempotent,
+                    "approval_prompt": s.approval_prompt, "approvers": s.approvers,
+                    "min_approvals": s.min_approvals, "wait_ms": s.wait_ms,
+                    "targets": s.targets.iter().map(|t| serde_json::from_str::<serde_json::Value>(t).unwrap_or_default()).collect::<Vec<_>>(),
+                    "batch_size": s.batch_size, "max_failures": s.max_failures, "bake_ms": s.bake_ms,
+                    "targets_note": s.targets_note, "group": s.group,
+                })
+            })
+            .collect();
+        let locks: Vec<serde_json::Value> =
+            plan.locks.iter().map(|l| serde_json::json!({ "name": l.name, "held_by": l.held_by })).collect();
+        print_json(&serde_json::json!({
+            "runbook": plan.runbook, "version": plan.version,
+            "params": serde_json::from_str::<serde_json::Value>(&plan.params_json).ok(),
+            "locks": locks, "budget": plan.budget, "refused": plan.refused,
+            "active_runs": plan.active_runs, "concurrency": plan.concurrency, "timeout_ms": plan.timeout_ms,
+            "steps": steps,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("plan for {} (version {}), nothing is started", plan.runbook, plan.version);
+    println!("params:      {}", plan.params_json);
+    for l in &plan.locks {
+        let state = if l.held_by.is_empty() {
+            "free".to_string()
+        } else {
+            format!("held by run {}: this run would wait", l.held_by)
+        };
+        println!("lock:        {} ({state})", l.name);
+    }
+    if !plan.budget.is_empty() {
+        println!("budget:      {}", plan.budget);
+    }
+    if plan.concurrency > 0 {
+        println!("concurrency: {} of {} runs active", plan.active_runs, plan.concurrency);
+    }
+    if plan.timeout_ms > 0 {
+        println!("timeout:     {}", span(plan.timeout_ms));
+    }
+    if !plan.refused.is_empty() {
+        println!("REFUSED NOW: {}", plan.refused);
+    }
+    for (i, s) in plan.steps.iter().enumerate() {
+        let block = if s.block == "steps" { String::new() } else { format!(" [{}]", s.block) };
+        println!("\n{}. {}{block} ({})", i + 1, s.id, s.kind);
+        if !s.when.is_empty() {
+            println!("   when {}: {}", s.when, s.when_result);
+        }
+        if !s.group.is_empty() {
+            println!("   runs at the same time as the other steps of group {}", s.group);
+        }
+        if !s.targets.is_empty() || !s.targets_note.is_empty() {
+            println!(
+                "   foreach {} target(s): {}; {} at a time, {} may fail, {} between batches",
+                s.targets.len(),
+                s.targets.join(", "),
+                s.batch_size,
+                s.max_failures,
+                span(s.bake_ms)
+            );
+            if !s.targets_note.is_empty() {
+                println!("   ({})", s.targets_note);
+            }
+        }
+        match s.kind.as_str() {
+            "exec" => {
+                println!("   argv: {}", serde_json::to_string(&s.argv).unwrap_or_default());
+                for (k, v) in &s.env {
+                    println!("   env {k}={v}");
+                }
+                if !s.workdir.is_empty() {
+                    println!("   workdir: {}", s.workdir);
+                }
+                if !s.render_note.is_empty() {
+                    println!("   {}", s.render_note);
+                }
+                let mut notes = Vec::new();
+                if s.timeout_ms > 0 {
+                    notes.push(format!("timeout {}", span(s.timeout_ms)));
+                }
+                if s.retry_attempts > 1 {
+                    notes.push(format!("up to {} attempts", s.retry_attempts));
+                }
+                notes.push(if s.idempotent { "idempotent".into() } else { "not idempotent".into() });
+                println!("   {}", notes.join(", "));
+            }
+            "approval" => {
+                println!("   APPROVAL: {}", s.approval_prompt);
+                println!(
+                    "   {} of {} must approve within {}",
+                    s.min_approvals,
+                    s.approvers.join(", "),
+                    span(s.wait_ms)
+                );
+            }
+            _ => println!("   waits {}", span(s.wait_ms)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `baton lock ...`
+#[derive(Subcommand, Debug)]
+pub enum LockCommand {
+    /// Held locks, their holders, and the runs waiting for each.
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+/// `baton lock ...`
+pub async fn lock(cmd: LockCommand) -> anyhow::Result<ExitCode> {
+    let LockCommand::List { opts } = cmd;
+    let mut client = pb::lock_service_client::LockServiceClient::new(channel(&opts).await?);
+    let locks = client.list(req(&opts, pb::ListLocksRequest {})).await?.into_inner().locks;
+    if opts.output == OutputFormat::Json {
+        let v: Vec<_> = locks
+            .iter()
+            .map(|l| serde_json::json!({ "name": l.name, "holder": l.holder, "since_ms": l.since_ms, "waiting": l.waiting }))
+            .collect();
+        print_json(&v)?;
+    } else {
+        let rows: Vec<Vec<String>> = locks
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    if l.holder.is_empty() { "-".into() } else { l.holder.clone() },
+                    if l.since_ms == 0 { "-".into() } else { time(l.since_ms) },
+                    if l.waiting.is_empty() { "-".into() } else { l.waiting.join(", ") },
+                ]
+            })
+            .collect();
+        print!("{}", table(&["LOCK", "HELD BY", "SINCE", "WAITING"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `baton cluster ...`
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -678,6 +843,19 @@ fn describe(run: &Run) -> String {
     if run.paused {
         out.push_str("paused:    yes (no further step starts until `baton run resume`)\n");
     }
+    if !run.locks.is_empty() {
+        let held = if run.locks_held {
+            "held"
+        } else if run.state.is_terminal() {
+            "released"
+        } else {
+            "waiting"
+        };
+        out.push_str(&format!("locks:     {} ({held})\n", run.locks.join(", ")));
+    }
+    if let Some(f) = &run.finishing {
+        out.push_str(&format!("finishing: running {} steps, then {}\n", f.block.as_str(), f.state.as_str()));
+    }
     if let Some(e) = &run.error {
         out.push_str(&format!("error:     {e}\n"));
     }
@@ -686,8 +864,12 @@ fn describe(run: &Run) -> String {
         .iter()
         .map(|s| {
             let a = s.attempts.last();
+            let id = match s.block {
+                baton_core::run::Block::Main => s.id.clone(),
+                block => format!("{} ({})", s.id, block.as_str()),
+            };
             vec![
-                s.id.clone(),
+                id,
                 s.state.as_str().into(),
                 s.attempts.len().to_string(),
                 a.map(|a| a.worker.clone()).unwrap_or_else(|| "-".into()),

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use baton_core::{Document, parse_document};
+use baton_scheduler::api::hooks::notify::NotifyEvent;
+use baton_scheduler::api::hooks::{AlertmanagerFile, HooksConfig, MattermostFile, NotifyFile, Platform, SlackFile};
 use baton_scheduler::server::{ServerConfig, start};
 use baton_worker::{WorkerConfig, run_worker};
 use clap::Args;
@@ -36,6 +38,82 @@ pub struct DevArgs {
     /// `group:NAME`.
     #[arg(long = "group", value_parser = parse_group)]
     pub groups: Vec<(String, Vec<String>)>,
+    /// Chat-ops and Alertmanager hooks.
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+/// Chat-ops and Alertmanager options of `baton dev` and `baton server` (docs/chatops.md).
+/// Secrets never come from flags: set `BATON_SLACK_SIGNING_SECRET`, `BATON_MATTERMOST_TOKEN`
+/// and `BATON_ALERTMANAGER_TOKEN` in the environment (or, for `baton server`, in `--config`);
+/// a hook without its secret answers 404.
+#[derive(Args, Debug, Default)]
+pub struct HookArgs {
+    /// A chat user and the principal they act as, PLATFORM:USER_ID=PRINCIPAL, PLATFORM being
+    /// slack or mattermost (repeatable; in the file: `[slack.users]` with `USER_ID = "NAME"`).
+    #[arg(long = "chat-user", value_parser = parse_chat_user)]
+    pub chat_users: Vec<(Platform, String, String)>,
+    /// Alertmanager rules (YAML), validated at start (in the file: `[alertmanager] rules`).
+    #[arg(long)]
+    pub alert_rules: Option<PathBuf>,
+    /// A Slack incoming webhook URL for run notifications and approval prompts.
+    #[arg(long)]
+    pub slack_webhook: Option<String>,
+    /// A Mattermost incoming webhook URL for run notifications and approval prompts.
+    #[arg(long)]
+    pub mattermost_webhook: Option<String>,
+    /// The URL Mattermost posts Approve/Deny clicks to: this server's
+    /// /hooks/mattermost/actions, as the Mattermost server reaches it.
+    #[arg(long)]
+    pub mattermost_action_url: Option<String>,
+    /// Run changes posted to the webhooks, comma-separated: started, waiting, succeeded,
+    /// failed, cancelled, needs_attention [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub notify: Vec<String>,
+}
+
+impl HookArgs {
+    /// Flags over `config` (from the file, or the defaults), then secrets from the
+    /// environment; validated.
+    fn apply(self, config: &mut HooksConfig) -> anyhow::Result<()> {
+        for (platform, user, principal) in self.chat_users {
+            config.add_user(platform, user, principal);
+        }
+        if self.alert_rules.is_some() {
+            config.alertmanager.rules = self.alert_rules;
+        }
+        if self.slack_webhook.is_some() {
+            config.slack.webhook = self.slack_webhook;
+        }
+        if self.mattermost_webhook.is_some() {
+            config.mattermost.webhook = self.mattermost_webhook;
+        }
+        if self.mattermost_action_url.is_some() {
+            config.mattermost.action_url = self.mattermost_action_url;
+        }
+        if !self.notify.is_empty() {
+            config.notify.events = self
+                .notify
+                .iter()
+                .map(|n| NotifyEvent::parse(n))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?;
+        }
+        config.secrets_from_env(|name| std::env::var(name).ok());
+        config.validate().map_err(|e| anyhow::anyhow!("hooks: {e}"))
+    }
+}
+
+/// Parses `PLATFORM:USER_ID=PRINCIPAL`.
+pub fn parse_chat_user(s: &str) -> Result<(Platform, String, String), String> {
+    let usage = || format!("expected PLATFORM:USER_ID=PRINCIPAL (slack:U024BE7LH=alice), got {s:?}");
+    let (platform, rest) = s.split_once(':').ok_or_else(usage)?;
+    let platform = Platform::parse(platform).ok_or_else(|| format!("{s:?}: the platform is slack or mattermost"))?;
+    let (user, principal) = rest.split_once('=').ok_or_else(usage)?;
+    if user.is_empty() || principal.is_empty() {
+        return Err(usage());
+    }
+    Ok((platform, user.to_string(), principal.to_string()))
 }
 
 /// `baton server` options. Every one can also come from `--config FILE` (TOML, same names
@@ -82,6 +160,10 @@ pub struct ServerArgs {
     /// with `NAME = ["alice", "bob"]`). Approval steps name it as `group:NAME`.
     #[arg(long = "group", value_parser = parse_group)]
     pub groups: Vec<(String, Vec<String>)>,
+    /// Chat-ops and Alertmanager hooks (in the file: `[slack]`, `[mattermost]`,
+    /// `[alertmanager]`, `[notify]`).
+    #[command(flatten)]
+    pub hooks: HookArgs,
 }
 
 /// The `--config` file of `baton server`.
@@ -112,6 +194,14 @@ struct ServerFile {
     /// Approver groups: NAME = ["principal", ...].
     #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
+    /// The Slack app: signing secret, user mapping, incoming webhook.
+    slack: Option<SlackFile>,
+    /// The Mattermost integration: token, user mapping, incoming webhook, action URL.
+    mattermost: Option<MattermostFile>,
+    /// The Alertmanager receiver: token and rules file.
+    alertmanager: Option<AlertmanagerFile>,
+    /// Which run changes are posted to the webhooks.
+    notify: Option<NotifyFile>,
 }
 
 impl ServerArgs {
@@ -149,6 +239,15 @@ impl ServerArgs {
         for (name, members) in &config.groups {
             check_group(name, members).map_err(|e| anyhow::anyhow!("group {name:?}: {e}"))?;
         }
+        let mut alertmanager = file.alertmanager;
+        if let (Some(am), Some(dir)) = (alertmanager.as_mut(), self.config.as_deref().and_then(Path::parent)) {
+            // A relative rules path in the file is relative to the file.
+            am.rules = am.rules.take().map(|rules| dir.join(rules));
+        }
+        let mut hooks = HooksConfig::from_file(file.slack, file.mattermost, alertmanager, file.notify)
+            .map_err(|e| anyhow::anyhow!("hooks in the config file: {e}"))?;
+        self.hooks.apply(&mut hooks)?;
+        config.hooks = hooks;
         let mut peers = Vec::new();
         for (k, v) in file.peers {
             peers
@@ -271,6 +370,10 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config.http_addr = args.http;
     config.worker_grace = std::time::Duration::from_secs(args.worker_grace_secs);
     config.groups = args.groups.iter().cloned().collect();
+    let mut hooks = HooksConfig::default();
+    args.hooks.apply(&mut hooks)?;
+    let hooks_on = hooks_summary(&hooks);
+    config.hooks = hooks;
     let server = start(config).await?;
     let applied = if args.runbooks.is_dir() {
         apply_library(&server.api, &args.runbooks).await?
@@ -288,6 +391,9 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  data:    {}", args.data_dir.display());
     println!("  gRPC:    {addr}   (API, workers)");
     println!("  HTTP:    http://{}   (/healthz /readyz /metrics)", server.http_addr);
+    if !hooks_on.is_empty() {
+        println!("  hooks:   {}", hooks_on.join(", "));
+    }
     println!();
     println!("Try, in another shell:");
     let flag = if addr.port() == 7400 { String::new() } else { format!(" --addr {addr}") };
@@ -303,6 +409,22 @@ pub async fn dev(args: DevArgs) -> anyhow::Result<()> {
     let _ = worker.await;
     server.stop().await;
     Ok(())
+}
+
+/// The hooks that are on, for the banner: `/hooks/slack/* (2 users)`...
+fn hooks_summary(hooks: &HooksConfig) -> Vec<String> {
+    let mut on = Vec::new();
+    if hooks.slack.signing_secret.is_some() {
+        on.push(format!("/hooks/slack/* ({} user(s))", hooks.slack.users.len()));
+    }
+    if hooks.mattermost.token.is_some() {
+        on.push(format!("/hooks/mattermost/* ({} user(s))", hooks.mattermost.users.len()));
+    }
+    if hooks.alertmanager.token.is_some() {
+        let rules = hooks.alertmanager.rules.as_ref().map_or("no rules".to_string(), |r| r.display().to_string());
+        on.push(format!("/hooks/alertmanager ({rules})"));
+    }
+    on
 }
 
 /// How to call this binary from a shell: `baton` when that name on PATH is this binary (as
@@ -390,6 +512,29 @@ mod tests {
         assert!(resolve(&["--id", "1"]).unwrap_err().to_string().contains("--data-dir"));
         assert!(resolve(&["--data-dir", "/d", "--id", "1", "--peer", "1=h:1"]).is_err(), "own id as a peer");
         assert!(resolve(&["--data-dir", "/d", "--peer", "2=h:1", "--peer", "2=h:2"]).is_err(), "duplicate peer");
+    }
+
+    #[test]
+    fn hooks_come_from_the_file_and_flags() {
+        let dir = tempfile_dir();
+        let file = dir.join("hooks.toml");
+        let text = "data_dir = \"/d\"\n[slack]\nsigning_secret = \"s3cret\"\n[slack.users]\nU1 = \"alice\"\n\
+                    [alertmanager]\nrules = \"alerts.yaml\"\n[notify]\nevents = [\"failed\"]\n";
+        std::fs::write(&file, text).unwrap();
+        let c = resolve(&["--config", file.to_str().unwrap(), "--chat-user", "mattermost:abc=bob"]).unwrap();
+        assert_eq!(c.hooks.slack.users["U1"], "alice");
+        assert_eq!(c.hooks.mattermost.users["abc"], "bob");
+        assert_eq!(c.hooks.alertmanager.rules, Some(dir.join("alerts.yaml")), "relative to the file");
+        assert_eq!(c.hooks.notify.events, vec![NotifyEvent::Failed]);
+        assert!(c.hooks.slack.signing_secret.is_some());
+        assert!(!format!("{:?}", c.hooks).contains("s3cret"), "secrets never show in Debug");
+        let err = resolve(&["--data-dir", "/d", "--chat-user", "irc:x=y"]).unwrap_err().to_string();
+        assert!(err.contains("slack or mattermost"), "{err}");
+        let err = resolve(&["--data-dir", "/d", "--slack-webhook", "not a url"]).unwrap_err().to_string();
+        assert!(err.contains("slack.webhook"), "{err}");
+        std::fs::write(&file, "data_dir = \"/d\"\n[slack]\nsecret = \"x\"\n").unwrap();
+        let err = resolve(&["--config", file.to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("secret") && err.contains("signing_secret"), "{err}");
     }
 
     fn tempfile_dir() -> PathBuf {

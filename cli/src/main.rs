@@ -30,6 +30,8 @@ enum Command {
     /// Start, inspect, follow and cancel runs.
     #[command(subcommand)]
     Run(client::RunCommand),
+    /// Show what a run would do, without starting it.
+    Plan(client::PlanArgs),
     /// Apply, inspect and lint runbooks.
     #[command(subcommand)]
     Runbook(client::RunbookCommand),
@@ -39,6 +41,9 @@ enum Command {
     /// Inspect the cluster.
     #[command(subcommand)]
     Cluster(client::ClusterCommand),
+    /// Inspect resource locks.
+    #[command(subcommand)]
+    Lock(client::LockCommand),
 }
 
 /// Options every client command takes.
@@ -91,9 +96,11 @@ fn main() -> ExitCode {
             Command::Server(args) => daemon::server(args).await.map(|()| ExitCode::SUCCESS),
             Command::Worker(args) => daemon::worker(args).await.map(|()| ExitCode::SUCCESS),
             Command::Run(cmd) => client::run(cmd).await,
+            Command::Plan(args) => client::plan(args).await,
             Command::Runbook(cmd) => client::runbook(cmd).await,
             Command::Schedule(cmd) => client::schedule(cmd).await,
             Command::Cluster(cmd) => client::cluster(cmd).await,
+            Command::Lock(cmd) => client::lock(cmd).await,
         }
     });
     match result {

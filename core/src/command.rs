@@ -266,6 +266,69 @@ pub enum Op {
         /// Run id.
         run_id: String,
     },
+    /// A `foreach` step becomes one step per target (in batches); no targets: it is skipped.
+    ExpandForeach {
+        /// Run id.
+        run_id: String,
+        /// The foreach step's id.
+        step_id: String,
+        /// The targets, resolved by the leader (a list expression's items, or worker ids).
+        targets: Vec<serde_json::Value>,
+        /// For a worker selector, the worker each target runs on.
+        workers: Vec<Option<String>>,
+    },
+    /// A waiting run takes all its locks if they are free (with `lock_wait: skip`, a run whose
+    /// locks are held ends at once).
+    AcquireLocks {
+        /// Run id.
+        run_id: String,
+    },
+    /// Start a run on someone's behalf (a chat command): a `StartRun` whose history says who
+    /// started it and through what.
+    StartRunAs {
+        /// Leader-stamped run id.
+        run_id: String,
+        /// Runbook name.
+        runbook: String,
+        /// Params as given; apply resolves them again against the pinned version.
+        params: BTreeMap<String, serde_json::Value>,
+        /// Deduplicates retried requests, as for `StartRun`.
+        idempotency_key: Option<String>,
+        /// Who asked, and through what (`slack`, `mattermost`).
+        by: Actor,
+    },
+    /// Alertmanager reported the alerts of one dedupe key: firing ones start at most one run
+    /// per key (none while its run goes on or cools down); once every alert of the key is
+    /// resolved, a run that has not started working yet is cancelled.
+    AlertNotified {
+        /// The dedupe key: `RUNBOOK/TARGET` (the target rendered by the rule that matched).
+        key: String,
+        /// Fingerprints of the key's alerts that fire in this notification.
+        firing: Vec<String>,
+        /// Fingerprints of the key's alerts that are resolved in this notification.
+        resolved: Vec<String>,
+        /// The run to start if the key has none going or cooling down (`None` when nothing fires).
+        start: Option<AlertStart>,
+        /// Who notified (`alertmanager`, via `alertmanager`).
+        by: Actor,
+        /// The alerts' names, for the run's history.
+        summary: String,
+    },
+}
+
+/// The run an alert starts, rendered by the rule that matched it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertStart {
+    /// The rule's name.
+    pub rule: String,
+    /// Leader-stamped run id, used only if a run starts.
+    pub run_id: String,
+    /// Runbook name.
+    pub runbook: String,
+    /// Params rendered from the alert's labels and annotations.
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// After the run ends, alerts of the key start nothing for this long (ms).
+    pub cooldown_ms: u64,
 }
 
 impl Op {
@@ -296,6 +359,10 @@ impl Op {
             Op::WaitElapsed { .. } => "wait_elapsed",
             Op::Decide { .. } => "decide",
             Op::TimeoutRun { .. } => "timeout_run",
+            Op::AcquireLocks { .. } => "acquire_locks",
+            Op::ExpandForeach { .. } => "expand_foreach",
+            Op::StartRunAs { .. } => "start_run_as",
+            Op::AlertNotified { .. } => "alert_notified",
         }
     }
 }

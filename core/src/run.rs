@@ -268,6 +268,26 @@ pub struct StepRun {
     /// attempts after them.
     #[serde(default)]
     pub retry_base: u32,
+    /// The part of the runbook it belongs to.
+    #[serde(default)]
+    pub block: Block,
+    /// The runbook step it carries out, when that differs from `id` (a `foreach` target's
+    /// step is `restart[web-1]`, carrying out step `restart`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spec: String,
+    /// Steps of one group run at the same time, batch by batch: a `parallel` group (its id),
+    /// or the targets of a `foreach` step (the step's id).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The batch within its group (foreach targets; 0 otherwise).
+    #[serde(default)]
+    pub batch: u32,
+    /// The `foreach` target this step runs for (templates read it as `target`).
+    #[serde(default)]
+    pub target: Option<serde_json::Value>,
+    /// The worker a `foreach: { workers: ... }` target runs on.
+    #[serde(default)]
+    pub target_worker: Option<String>,
 }
 
 /// What an open approval step asks, and of whom.
@@ -319,7 +339,18 @@ impl StepRun {
             decisions: Vec::new(),
             approval: None,
             retry_base: 0,
+            block: Block::Main,
+            spec: String::new(),
+            group: None,
+            batch: 0,
+            target: None,
+            target_worker: None,
         }
+    }
+
+    /// The id of the runbook step it carries out.
+    pub fn spec_id(&self) -> &str {
+        if self.spec.is_empty() { &self.id } else { &self.spec }
     }
 
     /// The attempt that is assigned or running, if any.
@@ -375,6 +406,61 @@ pub struct Run {
     /// deny), oldest first.
     #[serde(default)]
     pub events: Vec<RunEvent>,
+    /// Who started it (empty when the client did not say, and for schedule ticks).
+    #[serde(default)]
+    pub principal: String,
+    /// Its rendered lock names (from the runbook's `locks`).
+    #[serde(default)]
+    pub locks: Vec<String>,
+    /// It holds its locks (taken before its first step, released when it ends).
+    #[serde(default)]
+    pub locks_held: bool,
+    /// Its rendered budget key, when the runbook has a budget.
+    #[serde(default)]
+    pub budget_key: Option<String>,
+    /// Running its `on_failure` or `on_cancel` steps before it ends as it was going to.
+    #[serde(default)]
+    pub finishing: Option<Finishing>,
+    /// Its handler steps ran already (they run at most once).
+    #[serde(default)]
+    pub handlers_ran: bool,
+}
+
+/// A run ending through its `on_failure` / `on_cancel` steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finishing {
+    /// Which handler steps run.
+    pub block: Block,
+    /// The state the run ends in once they are done.
+    pub state: RunState,
+    /// Why the run failed or was cancelled.
+    pub error: Option<String>,
+    /// The step whose failure ended the main steps, if one did.
+    pub failed_step: Option<String>,
+}
+
+/// Which part of a runbook a step belongs to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Block {
+    /// The main `steps`.
+    #[default]
+    Main,
+    /// `on_failure`.
+    OnFailure,
+    /// `on_cancel`.
+    OnCancel,
+}
+
+impl Block {
+    /// `steps`, `on_failure` or `on_cancel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Block::Main => "steps",
+            Block::OnFailure => "on_failure",
+            Block::OnCancel => "on_cancel",
+        }
+    }
 }
 
 /// One operator action on a run, for its history.

@@ -52,7 +52,36 @@ pub struct Runbook {
     /// Limit on the whole run in ms, counted from its creation; `None`: no limit.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Lock name templates (over `params`).
+    #[serde(default)]
+    pub locks: Vec<String>,
+    /// Whether a run waits for held locks (`false`) or is skipped (`true`).
+    #[serde(default)]
+    pub skip_if_locked: bool,
+    /// The rate budget, if any.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    /// Steps run once when the run fails.
+    #[serde(default)]
+    pub on_failure: Vec<Step>,
+    /// Steps run once when the run is cancelled.
+    #[serde(default)]
+    pub on_cancel: Vec<Step>,
 }
+
+/// At most `max_runs` runs per `per_ms` for one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Runs allowed per window (>= 1).
+    pub max_runs: u32,
+    /// The window in ms (> 0).
+    pub per_ms: u64,
+    /// The key template; `None`: one key for the runbook.
+    pub key: Option<String>,
+}
+
+/// Longest rendered lock name or budget key.
+const MAX_LOCK_NAME: usize = 256;
 
 /// One step of a runbook.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +103,67 @@ pub struct Step {
     /// Whether the run goes on after this step fails.
     #[serde(default)]
     pub continue_on_error: bool,
+    /// Run once per target, in batches.
+    #[serde(default)]
+    pub foreach: Option<Foreach>,
+    /// The `parallel` group it belongs to (the group's id): the group's steps run at once.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A step run once per target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Foreach {
+    /// Where the targets come from.
+    pub over: ForeachOver,
+    /// How many targets run at once.
+    pub batch: Portion,
+    /// How many targets may fail before the step fails.
+    pub max_failures: Portion,
+    /// Wait after each batch before the next, in ms.
+    pub bake_ms: u64,
+}
+
+/// The targets of a `foreach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForeachOver {
+    /// A list expression (minijinja) over `params`, earlier steps and `run`.
+    List(String),
+    /// Every connected worker with these labels; each target runs on its worker.
+    Workers(BTreeMap<String, String>),
+}
+
+/// A count of targets or a share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Portion {
+    /// This many.
+    Count(u64),
+    /// This percentage (0 to 100).
+    Percent(u32),
+    /// All of them.
+    All,
+}
+
+impl Portion {
+    /// The batch size for `n` targets: at least 1, rounded up.
+    pub fn batch_of(self, n: usize) -> usize {
+        match self {
+            Portion::All => n.max(1),
+            Portion::Count(c) => usize::try_from(c).unwrap_or(usize::MAX).max(1),
+            Portion::Percent(p) => (n * p as usize).div_ceil(100).max(1),
+        }
+    }
+
+    /// The failures tolerated among `n` targets, rounded down.
+    pub fn tolerated_of(self, n: usize) -> usize {
+        match self {
+            Portion::All => n,
+            Portion::Count(c) => usize::try_from(c).unwrap_or(usize::MAX),
+            Portion::Percent(p) => n * p as usize / 100,
+        }
+    }
 }
 
 /// When and how often a failed step is attempted again.
@@ -248,9 +338,32 @@ impl Runbook {
         params::resolve(&self.params, given)
     }
 
-    /// The step with this id.
+    /// The step with this id, in the main steps or in `on_failure` / `on_cancel`.
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|step| step.id == id)
+        self.steps.iter().chain(&self.on_failure).chain(&self.on_cancel).find(|step| step.id == id)
+    }
+
+    /// The run's lock names for these (resolved) params: rendered, trimmed, deduplicated, in
+    /// order. A lock that renders empty, too long or with control characters is an error.
+    pub fn render_locks(&self, params: &BTreeMap<String, serde_json::Value>) -> Result<Vec<String>, String> {
+        let mut locks = Vec::new();
+        for (i, source) in self.locks.iter().enumerate() {
+            let name = render_name(source, params).map_err(|e| format!("locks[{i}]: {e}"))?;
+            if !locks.contains(&name) {
+                locks.push(name);
+            }
+        }
+        Ok(locks)
+    }
+
+    /// The run's budget key for these params (`""` with no key template); `None` without a
+    /// budget.
+    pub fn budget_key(&self, params: &BTreeMap<String, serde_json::Value>) -> Result<Option<String>, String> {
+        let Some(budget) = &self.budget else { return Ok(None) };
+        match &budget.key {
+            None => Ok(Some(String::new())),
+            Some(source) => render_name(source, params).map(Some).map_err(|e| format!("budget.key: {e}")),
+        }
     }
 
     /// Advice that does not make the runbook invalid. Today: a template inside the script text
@@ -291,6 +404,19 @@ impl Runbook {
         let runbook = validate(parsed, text, &mut diags);
         diags.finish(runbook)
     }
+}
+
+/// Renders a lock name or budget key template over `params`.
+fn render_name(source: &str, params: &BTreeMap<String, serde_json::Value>) -> Result<String, String> {
+    let ctx = serde_json::json!({ "params": params });
+    let name = template::render_text(source, &ctx).map_err(|e| e.message)?.trim().to_string();
+    if name.is_empty() {
+        return Err(format!("{source:?} renders empty for these params"));
+    }
+    if name.len() > MAX_LOCK_NAME || name.chars().any(char::is_control) {
+        return Err(format!("{source:?} renders to {name:?}: at most {MAX_LOCK_NAME} bytes, no control characters"));
+    }
+    Ok(name)
 }
 
 /// The first 16 hex characters of the SHA-256 of `source`: a runbook's version.
@@ -475,14 +601,99 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
     }
     // Ids of all steps, valid or not, so one bad step does not make later references to it
     // look wrong too.
-    let ids: Vec<String> = parsed.steps.iter().map(|s| s.id.clone()).collect();
-    let mut steps: Vec<Step> = Vec::new();
-    for (index, step) in parsed.steps.into_iter().enumerate() {
-        let path = format!("steps[{index}]");
-        if let Some(step) = validate_step(&path, step, &params, &ids[..index], diags) {
-            steps.push(step);
+    // Every step of every block, parallel groups flattened: (block, path, group, step).
+    let mut entries: Vec<(usize, String, Option<String>, StepFile)> = Vec::new();
+    for (block, name, steps) in
+        [(0, "steps", parsed.steps), (1, "on_failure", parsed.on_failure), (2, "on_cancel", parsed.on_cancel)]
+    {
+        for (i, mut step) in steps.into_iter().enumerate() {
+            let path = format!("{name}[{i}]");
+            match step.parallel.take() {
+                None => entries.push((block, path, None, step)),
+                Some(children) => {
+                    check_group(&path, &step, &children, diags);
+                    // The group's own id is reserved, so nothing else can take it.
+                    let group = step.id.clone();
+                    entries.push((block, path.clone(), Some(String::new()), step));
+                    for (j, child) in children.into_iter().enumerate() {
+                        entries.push((block, format!("{path}.parallel[{j}]"), Some(group.clone()), child));
+                    }
+                }
+            }
         }
     }
+    let ids: Vec<String> = entries.iter().map(|(_, _, _, s)| s.id.clone()).collect();
+    let entry_blocks: Vec<usize> = entries.iter().map(|(b, _, _, _)| *b).collect();
+    let mut blocks: [Vec<Step>; 3] = Default::default();
+    for (index, (_, path, _, step)) in entries.iter().enumerate() {
+        if let Some(first) = ids[..index].iter().position(|id| *id == step.id) {
+            diags.value(
+                &format!("{path}.id"),
+                format!(
+                    "duplicate step id {:?}: {} already uses it; step ids must be unique",
+                    step.id, entries[first].1
+                ),
+            );
+        }
+    }
+    let mut group_start = 0;
+    for (index, (block, path, group, step)) in entries.into_iter().enumerate() {
+        if group.as_deref() == Some("") {
+            // A group header: its steps start after it and cannot read each other.
+            group_start = index + 1;
+            continue;
+        }
+        let end = if group.is_some() { group_start } else { index };
+        // Handlers may read every main step and earlier steps of their own block; on_cancel
+        // steps cannot read on_failure ones.
+        let readable: Vec<String> = ids[..end]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| block != 2 || entry_blocks[*i] != 1)
+            .map(|(_, id)| id.clone())
+            .collect();
+        if ids[..index].contains(&step.id) {
+            continue;
+        }
+        if let Some(mut step) = validate_step(&path, step, &params, &readable, diags) {
+            if group.is_some() && step.foreach.is_some() {
+                diags.key(&format!("{path}.foreach"), "a step inside a parallel group cannot have `foreach`");
+                continue;
+            }
+            step.group = group;
+            blocks[block].push(step);
+        }
+    }
+    let [steps, on_failure, on_cancel] = blocks;
+    let scope = TemplateScope { params: &params, earlier: &[], current: "", target: false };
+    for (i, source) in parsed.locks.iter().enumerate() {
+        let field = format!("locks[{i}]");
+        if source.trim().is_empty() {
+            diags.value(&field, "expected a lock name (a template over params), found an empty string");
+        } else {
+            scope.check(&field, source, diags);
+        }
+    }
+    let budget = parsed.budget.map(|b| {
+        if b.max_runs == 0 {
+            diags.value("budget.max_runs", "expected at least 1 run per window, found 0 (a budget of zero never runs)");
+        }
+        let per_ms = match parse_duration(&b.per) {
+            Ok(0) => {
+                diags.value("budget.per", "expected a duration greater than zero, found 0");
+                0
+            }
+            Ok(ms) => ms,
+            Err(message) => {
+                diags.value("budget.per", message);
+                0
+            }
+        };
+        if let Some(key) = &b.key {
+            scope.check("budget.key", key, diags);
+        }
+        Budget { max_runs: b.max_runs, per_ms, key: b.key }
+    });
     if let Some(n) = parsed.concurrency
         && !(1..=10_000).contains(&n)
     {
@@ -509,6 +720,11 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
         source: text.to_string(),
         concurrency: parsed.concurrency,
         timeout_ms,
+        locks: parsed.locks,
+        skip_if_locked: parsed.lock_wait == Some(file::LockWaitFile::Skip),
+        budget,
+        on_failure,
+        on_cancel,
     }
 }
 
@@ -658,13 +874,15 @@ fn validate_step(
 ) -> Option<Step> {
     let field = |key: &str| join_key(path, key);
     let mut ok = check_name(diags, &field("id"), &step.id, file::STEP_ID_PATTERN, "a step id");
-    if let Some(first) = earlier.iter().position(|id| *id == step.id) {
-        diags.value(
-            &field("id"),
-            format!("duplicate step id {:?}: steps[{first}] already uses it; step ids must be unique", step.id),
-        );
-        ok = false;
+    if step.parallel.is_some() {
+        diags.key(&field("parallel"), "parallel groups cannot be nested; list these steps in the outer group");
+        return None;
     }
+    let has_foreach = step.foreach.is_some();
+    let foreach = validate_foreach(path, &step, params, earlier, diags);
+    ok &= foreach.is_ok();
+    let foreach = foreach.ok().flatten();
+
     let timeout_ms = match step.timeout.as_deref().map(parse_duration) {
         None => None,
         Some(Ok(0)) => {
@@ -679,7 +897,7 @@ fn validate_step(
             None
         }
     };
-    let scope = TemplateScope { params, earlier, current: &step.id };
+    let scope = TemplateScope { params, earlier, current: &step.id, target: has_foreach };
     if let Some(expr) = &step.when {
         if let Err(e) = crate::template::environment().compile_expression(expr) {
             diags.value(&field("when"), format!("expected a condition expression: {e}"));
@@ -792,6 +1010,8 @@ fn validate_step(
         when: step.when,
         retry,
         continue_on_error,
+        foreach,
+        group: None,
     })
 }
 
@@ -843,6 +1063,132 @@ fn validate_exec(
     }
     let secret_params = scope.params.iter().filter(|p| p.kind == ParamKind::Secret).map(|p| p.name.clone()).collect();
     ok.then_some(Action::Exec(ExecAction { command, env: with.env, workdir: with.workdir, secret_params }))
+}
+
+/// Checks `foreach` and the keys that go with it (`batch`, `max_failures`, `bake`); `Err` if
+/// something was reported.
+fn validate_foreach(
+    path: &str,
+    step: &StepFile,
+    params: &[ParamSpec],
+    earlier: &[String],
+    diags: &mut Diagnostics<'_, '_>,
+) -> Result<Option<Foreach>, ()> {
+    let field = |key: &str| join_key(path, key);
+    let Some(over) = &step.foreach else {
+        let mut ok = true;
+        for (key, present) in [
+            ("batch", step.batch.is_some()),
+            ("max_failures", step.max_failures.is_some()),
+            ("bake", step.bake.is_some()),
+        ] {
+            if present {
+                diags.key(&field(key), format!("`{key}` goes with `foreach`; this step has no targets"));
+                ok = false;
+            }
+        }
+        return if ok { Ok(None) } else { Err(()) };
+    };
+    let mut ok = true;
+    if step.action.is_none() {
+        diags.key(&field("foreach"), "`foreach` applies to `action` steps (it runs the action once per target)");
+        ok = false;
+    }
+    let over = match over {
+        file::ForeachFile::List(text) => {
+            let expr = list_expression(text);
+            if expr.is_empty() {
+                diags.value(&field("foreach"), "expected a list expression such as params.hosts, found nothing");
+                ok = false;
+            } else if let Err(e) = template::environment().compile_expression(expr) {
+                diags.value(&field("foreach"), format!("expected a list expression: {e}"));
+                ok = false;
+            } else {
+                let scope = TemplateScope { params, earlier, current: &step.id, target: false };
+                ok &= scope.check(&field("foreach"), &format!("{{{{ {expr} }}}}"), diags);
+            }
+            ForeachOver::List(expr.to_string())
+        }
+        file::ForeachFile::Workers(selector) => {
+            let scope = TemplateScope { params, earlier, current: &step.id, target: false };
+            for (key, value) in &selector.workers {
+                ok &= scope.check(&join_key(&join_key(&field("foreach"), "workers"), key), value, diags);
+            }
+            ForeachOver::Workers(selector.workers.clone())
+        }
+    };
+    let mut portion = |key: &str, value: &Option<file::CountOrPercentFile>, default: Portion, min: u64| {
+        let parsed = match value {
+            None => return default,
+            Some(file::CountOrPercentFile::Count(n)) => Ok(Portion::Count(*n)),
+            Some(file::CountOrPercentFile::Text(t)) => match t.strip_suffix('%').map(|n| n.trim().parse::<u32>()) {
+                Some(Ok(p)) if p <= 100 => Ok(Portion::Percent(p)),
+                _ => Err(format!("expected a count or a percentage such as \"25%\", found {t:?}")),
+            },
+        };
+        match parsed {
+            Ok(Portion::Count(n)) if n < min => {
+                diags.value(&field(key), format!("expected at least {min}, found {n}"));
+                ok = false;
+                default
+            }
+            Ok(Portion::Percent(p)) if u64::from(p) < min => {
+                diags.value(&field(key), format!("expected at least {min}%, found {p}%"));
+                ok = false;
+                default
+            }
+            Ok(p) => p,
+            Err(message) => {
+                diags.value(&field(key), message);
+                ok = false;
+                default
+            }
+        }
+    };
+    let batch = portion("batch", &step.batch, Portion::All, 1);
+    let max_failures = portion("max_failures", &step.max_failures, Portion::Count(0), 0);
+    let bake_ms = match step.bake.as_deref().map(parse_duration) {
+        None => 0,
+        Some(Ok(ms)) => ms,
+        Some(Err(message)) => {
+            diags.value(&field("bake"), message);
+            ok = false;
+            0
+        }
+    };
+    if ok { Ok(Some(Foreach { over, batch, max_failures, bake_ms })) } else { Err(()) }
+}
+
+/// A `foreach` list as an expression: `"{{ params.hosts }}"` and `params.hosts` alike.
+pub fn list_expression(text: &str) -> &str {
+    let t = text.trim();
+    t.strip_prefix("{{").and_then(|t| t.strip_suffix("}}")).map_or(t, str::trim)
+}
+
+/// Checks a `parallel` group's own keys: only `id` and `parallel`, and at least two steps.
+fn check_group(path: &str, group: &StepFile, children: &[StepFile], diags: &mut Diagnostics<'_, '_>) {
+    let field = |key: &str| join_key(path, key);
+    check_name(diags, &field("id"), &group.id, file::STEP_ID_PATTERN, "a step id");
+    let extra = [
+        ("action", group.action.is_some()),
+        ("approval", group.approval.is_some()),
+        ("sleep", group.sleep.is_some()),
+        ("with", group.with.is_some()),
+        ("foreach", group.foreach.is_some()),
+        ("when", group.when.is_some()),
+        ("retry", group.retry.is_some()),
+        ("timeout", group.timeout.is_some()),
+        ("on_error", group.on_error.is_some()),
+    ];
+    for (key, present) in extra {
+        if present {
+            diags.key(&field(key), format!("a parallel group has only `id` and `parallel`; put `{key}` on its steps"));
+        }
+    }
+    if children.len() < 2 {
+        diags
+            .value(&field("parallel"), format!("expected at least two steps to run at once, found {}", children.len()));
+    }
 }
 
 /// The pattern an approver must match: a principal name, or `group:` and a group name.
@@ -914,6 +1260,8 @@ struct TemplateScope<'s> {
     params: &'s [ParamSpec],
     earlier: &'s [String],
     current: &'s str,
+    /// Inside a `foreach` step, templates read the current target as `target`.
+    target: bool,
 }
 
 impl TemplateScope<'_> {
@@ -960,6 +1308,8 @@ impl TemplateScope<'_> {
         let third = segments.get(2).map(String::as_str);
         match (root, second) {
             (_, None) if matches!(root, "params" | "steps" | "run") => Ok(()),
+            ("target", _) if self.target => Ok(()),
+            ("target", _) => Err("the template reads `target`, which only the steps of a `foreach` have".to_string()),
             ("params", Some(name)) => {
                 if self.params.iter().any(|p| p.name == name) {
                     Ok(())

@@ -31,7 +31,8 @@ use crate::runbook::{ExecAction, SecretRef};
 pub const STEP_CONTEXT_FIELDS: [&str; 2] = ["outputs", "status"];
 
 /// The fields of the `run` entry of the context.
-pub const RUN_CONTEXT_FIELDS: [&str; 3] = ["id", "runbook", "trigger"];
+pub const RUN_CONTEXT_FIELDS: [&str; 8] =
+    ["id", "runbook", "version", "trigger", "principal", "started_at", "failed_step", "error"];
 
 /// An exec action with every template rendered: ready to hand to a process spawner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,6 +264,19 @@ fn subscript_step_regex() -> &'static regex::Regex {
         regex::Regex::new(r#"\bsteps\s*\[\s*(?:'([^']*)'|"([^"]*)")\s*\]"#)
             .unwrap_or_else(|_| unreachable!("the pattern is a valid constant"))
     })
+}
+
+/// Evaluates a `foreach` list expression over the run's context: the targets, in order.
+pub fn eval_list(expr: &str, ctx: &serde_json::Value) -> Result<Vec<serde_json::Value>, TemplateError> {
+    let fail = |message: String| TemplateError { field: "foreach".into(), message };
+    let env = environment();
+    let compiled = env.compile_expression(expr).map_err(|e| fail(e.to_string()))?;
+    let value = compiled.eval(minijinja::Value::from(minijinja::value::Serde(ctx))).map_err(|e| fail(e.to_string()))?;
+    let json = serde_json::to_value(&value).map_err(|e| fail(e.to_string()))?;
+    match json {
+        serde_json::Value::Array(items) => Ok(items),
+        other => Err(fail(format!("`{expr}` gives {other}, not a list of targets"))),
+    }
 }
 
 /// Evaluates a step's `when` condition over the run's context.

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use baton_core::run::{
-    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunEvent, RunState, StepRun, StepState, Trigger,
+    ApprovalRequest, Attempt, AttemptState, Block, Decision, Fence, Finishing, Run, RunEvent, RunState, StepRun,
+    StepState, Trigger,
 };
 
 use crate::v1 as pb;
@@ -109,6 +110,15 @@ fn step_state_from_pb(v: i32) -> Result<StepState, ConvertError> {
     })
 }
 
+fn block_from_str(s: &str) -> Result<Block, ConvertError> {
+    Ok(match s {
+        "" | "steps" => Block::Main,
+        "on_failure" => Block::OnFailure,
+        "on_cancel" => Block::OnCancel,
+        other => return Err(bad("block", format!("unknown block {other:?}"))),
+    })
+}
+
 /// A run on the wire.
 pub fn run_to_pb(r: &Run) -> pb::Run {
     let (schedule, tick_ms) = (r.trigger.schedule().unwrap_or_default().to_string(), r.trigger.tick_ms());
@@ -143,6 +153,17 @@ pub fn run_to_pb(r: &Run) -> pb::Run {
             })
             .collect(),
         timer_start_ms: r.timer_start_ms,
+        principal: r.principal.clone(),
+        locks: r.locks.clone(),
+        locks_held: r.locks_held,
+        budget_key: r.budget_key.clone(),
+        finishing: r.finishing.as_ref().map(|f| pb::Finishing {
+            block: f.block.as_str().to_string(),
+            state: run_state_to_pb(f.state) as i32,
+            error: opt(&f.error),
+            failed_step: opt(&f.failed_step),
+        }),
+        handlers_ran: r.handlers_ran,
     }
 }
 
@@ -178,6 +199,12 @@ fn step_to_pb(s: &StepRun) -> pb::StepRun {
             min_approvals: a.min_approvals,
         }),
         retry_base: s.retry_base,
+        block: s.block.as_str().to_string(),
+        spec: s.spec.clone(),
+        group: opt(&s.group),
+        batch: s.batch,
+        target_json: s.target.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+        target_worker: opt(&s.target_worker),
     }
 }
 
@@ -241,6 +268,22 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
             })
             .collect(),
         timer_start_ms: r.timer_start_ms,
+        principal: r.principal,
+        locks: r.locks,
+        locks_held: r.locks_held,
+        budget_key: r.budget_key,
+        finishing: r
+            .finishing
+            .map(|f| -> Result<Finishing, ConvertError> {
+                Ok(Finishing {
+                    block: block_from_str(&f.block)?,
+                    state: run_state_from_pb(f.state)?,
+                    error: non_empty(f.error),
+                    failed_step: non_empty(f.failed_step),
+                })
+            })
+            .transpose()?,
+        handlers_ran: r.handlers_ran,
     })
 }
 
@@ -277,6 +320,16 @@ fn step_from_pb(s: pb::StepRun) -> Result<StepRun, ConvertError> {
             min_approvals: a.min_approvals,
         }),
         retry_base: s.retry_base,
+        block: block_from_str(&s.block)?,
+        spec: s.spec,
+        group: non_empty(s.group),
+        batch: s.batch,
+        target: if s.target_json.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_str(&s.target_json).map_err(|e| bad("target_json", e.to_string()))?)
+        },
+        target_worker: non_empty(s.target_worker),
     })
 }
 
@@ -364,6 +417,17 @@ mod tests {
             timed_out: true,
             paused: true,
             timer_start_ms: 4,
+            principal: "alice".into(),
+            locks: vec!["redis/a".into()],
+            locks_held: true,
+            budget_key: Some(String::new()),
+            finishing: Some(Finishing {
+                block: Block::OnFailure,
+                state: RunState::Failed,
+                error: Some("step x failed".into()),
+                failed_step: Some("x".into()),
+            }),
+            handlers_ran: true,
             events: vec![RunEvent {
                 at_ms: 4,
                 principal: "bob".into(),

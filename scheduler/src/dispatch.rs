@@ -124,7 +124,9 @@ impl Workers {
         let order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         order
             .iter()
-            .filter_map(|id| sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.capacity }))
+            .filter_map(|id| {
+                sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.capacity, labels: s.labels.clone() })
+            })
             .collect()
     }
 

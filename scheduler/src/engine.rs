@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use baton_core::command::Op;
 use baton_core::run::{Run, RunState, StepState};
-use baton_core::runbook::Action;
+use baton_core::runbook::{Action, ForeachOver};
 use baton_core::schedule::{BlackoutAction, CatchUpPolicy};
-use baton_core::template::{eval_condition, render_exec, render_text};
+use baton_core::template::{eval_condition, eval_list, render_exec, render_text};
 
-use crate::fsm::{State, next_step};
+use crate::fsm::{State, current_steps};
 
 /// How long a proposal is remembered before the engine may propose it again.
 const INFLIGHT_TTL_MS: i64 = 5_000;
@@ -24,12 +24,14 @@ const INFLIGHT_TTL_MS: i64 = 5_000;
 const MAX_MISSED_COUNT: u64 = 100_000;
 
 /// A connected worker, as the leader sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerSlot {
     /// Worker id.
     pub id: String,
     /// How many attempts it runs at once.
     pub capacity: u32,
+    /// Its labels (`foreach: { workers: ... }` selects by them).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What the leader knows that is not replicated.
@@ -175,7 +177,11 @@ impl Engine {
             if run.cancel_requested {
                 continue;
             }
-            let limit = state.runbook_of(run).and_then(|rb| rb.timeout_ms);
+            // A run's timeout is checked once; its on_failure/on_cancel steps are not timed.
+            let limit = state
+                .runbook_of(run)
+                .and_then(|rb| rb.timeout_ms)
+                .filter(|_| !run.timed_out && run.finishing.is_none());
             if let Some(limit) = limit
                 && view.now_ms
                     >= run
@@ -188,13 +194,14 @@ impl Engine {
                 }
                 continue;
             }
-            let Some(si) = next_step(run) else { continue };
-            let step = &run.steps[si];
-            if step.state == StepState::Waiting
-                && step.deadline_ms <= view.now_ms
-                && self.claim(format!("wait:{run_id}:{si}"), view.now_ms)
-            {
-                ops.push(Op::WaitElapsed { run_id: run_id.clone(), step_id: step.id.clone() });
+            for si in current_steps(run) {
+                let step = &run.steps[si];
+                if step.state == StepState::Waiting
+                    && step.deadline_ms <= view.now_ms
+                    && self.claim(format!("wait:{run_id}:{si}"), view.now_ms)
+                {
+                    ops.push(Op::WaitElapsed { run_id: run_id.clone(), step_id: step.id.clone() });
+                }
             }
         }
     }
@@ -203,7 +210,7 @@ impl Engine {
         // An assignment stops being in flight once applied (the step is no longer pending with
         // that many attempts) or when it expires; until then its worker's slot stays taken.
         self.assigning.retain(|(run_id, si, attempts), (deadline, _)| {
-            *deadline > view.now_ms && pending_step(state, run_id) == Some((*si, *attempts))
+            *deadline > view.now_ms && pending_steps(state, run_id).contains(&(*si, *attempts))
         });
         let mut load: BTreeMap<String, u32> =
             state.load_by_worker().into_iter().map(|(w, n)| (w.to_string(), n)).collect();
@@ -233,49 +240,76 @@ impl Engine {
             }
         }
         let mut workers_free = free(&load);
+        let mut lock_queue: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (_, run_id) in order {
-            let Some((si, attempts)) = pending_step(state, run_id) else { continue };
+            let pending = pending_steps(state, run_id);
+            if pending.is_empty() {
+                continue;
+            }
             let run = &state.runs[run_id];
+            let runbook = state.runbook_of(run);
+            let needs_worker = |si: usize| {
+                runbook
+                    .and_then(|rb| rb.step(run.steps[si].spec_id()))
+                    .is_none_or(|spec| matches!(spec.action, Action::Exec(_)))
+            };
             // Approval and sleep steps need no worker; everything else waits for a free one.
-            let on_worker = state
-                .runbook_of(run)
-                .and_then(|rb| rb.steps.get(si))
-                .is_none_or(|spec| matches!(spec.action, Action::Exec(_)));
-            if on_worker && !workers_free {
+            if !workers_free && pending.iter().all(|(si, _)| needs_worker(*si)) {
                 continue;
             }
             if run.state == RunState::Pending && !self.assigning.keys().any(|(r, _, _)| r == run_id) {
                 if held_by_schedule(state, run, view.now_ms, &oldest_of_schedule) {
                     continue;
                 }
-                let limit = state.runbook_of(run).and_then(|rb| rb.concurrency);
+                let limit = runbook.and_then(|rb| rb.concurrency);
                 let n = started.get(run.runbook.as_str()).copied().unwrap_or(0);
                 if limit.is_some_and(|l| n >= l) {
                     // At its runbook's concurrency limit: waits for a run to end.
                     continue;
                 }
             }
-            let key = (run_id.clone(), si, attempts);
-            if self.assigning.contains_key(&key)
-                || self.inflight.contains_key(&format!("render:{run_id}:{si}:{attempts}"))
-            {
+            if !run.locks.is_empty() && !run.locks_held {
+                // Locks are taken first come, first served: a lock an older run waits for is
+                // not free for a younger one.
+                let blocked = run.locks.iter().any(|l| {
+                    lock_queue.contains(l.as_str()) || state.locks.get(l).is_some_and(|(holder, _)| holder != run_id)
+                });
+                let skip = runbook.is_some_and(|rb| rb.skip_if_locked);
+                if (!blocked || skip) && self.claim(format!("locks:{run_id}"), view.now_ms) {
+                    ops.push(Op::AcquireLocks { run_id: run_id.clone() });
+                }
+                lock_queue.extend(run.locks.iter().map(String::as_str));
                 continue;
             }
-            let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
-            if run.state == RunState::Pending
-                && matches!(op, Op::Assign { .. } | Op::SkipStep { .. } | Op::OpenWait { .. })
-            {
-                *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+            let was_pending = run.state == RunState::Pending;
+            for (si, attempts) in pending {
+                if needs_worker(si) && !workers_free {
+                    continue;
+                }
+                let key = (run_id.clone(), si, attempts);
+                // By step id, not index: a foreach step's first target takes its index.
+                let render_key = format!("render:{run_id}:{}:{attempts}", run.steps[si].id);
+                if self.assigning.contains_key(&key) || self.inflight.contains_key(&render_key) {
+                    continue;
+                }
+                let Some(op) = plan_step(state, run, si, view, &mut load) else { continue };
+                if was_pending && !matches!(op, Op::RenderFailed { .. }) {
+                    *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+                }
+                if let Op::Assign { worker, .. } = &op {
+                    self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
+                    workers_free = free(&load);
+                } else {
+                    // A skip, a wait, an expansion or a render failure takes no worker slot;
+                    // remember it so it is not proposed again while in flight.
+                    self.inflight.insert(render_key, view.now_ms + INFLIGHT_TTL_MS);
+                }
+                ops.push(op);
+                // A foreach expands first; its targets are planned once that is applied.
+                if matches!(ops.last(), Some(Op::ExpandForeach { .. })) {
+                    break;
+                }
             }
-            if let Op::Assign { worker, .. } = &op {
-                self.assigning.insert(key, (view.now_ms + INFLIGHT_TTL_MS, worker.clone()));
-                workers_free = free(&load);
-            } else {
-                // A skip, a wait or a render failure takes no worker slot; remember it so it is
-                // not proposed again while in flight.
-                self.inflight.insert(format!("render:{run_id}:{si}:{attempts}"), view.now_ms + INFLIGHT_TTL_MS);
-            }
-            ops.push(op);
         }
     }
 }
@@ -293,21 +327,23 @@ fn held_by_schedule(state: &State, run: &Run, now_ms: i64, oldest: &HashMap<&str
     serial && oldest.get(name).is_some_and(|first| *first != run.id)
 }
 
-/// The run's next step if it waits for an attempt: (step index, attempts made so far).
-fn pending_step(state: &State, run_id: &str) -> Option<(usize, usize)> {
-    let run = state.runs.get(run_id)?;
+/// The run's current steps that wait for an attempt: (step index, attempts made so far).
+fn pending_steps(state: &State, run_id: &str) -> Vec<(usize, usize)> {
+    let Some(run) = state.runs.get(run_id) else { return Vec::new() };
     if run.cancel_requested || run.paused || !state.active_runs.contains(run_id) {
-        return None;
+        return Vec::new();
     }
-    let si = next_step(run)?;
-    let step = &run.steps[si];
-    (step.state == StepState::Pending).then_some((si, step.attempts.len()))
+    current_steps(run)
+        .into_iter()
+        .filter(|si| run.steps[*si].state == StepState::Pending)
+        .map(|si| (si, run.steps[si].attempts.len()))
+        .collect()
 }
 
 /// Renders step `si` of `run` and picks a worker with room, or says why it cannot run.
 fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeMap<String, u32>) -> Option<Op> {
     let step_id = run.steps[si].id.clone();
-    let Some(spec) = state.runbook_of(run).and_then(|rb| rb.step(&step_id)) else {
+    let Some(spec) = state.runbook_of(run).and_then(|rb| rb.step(run.steps[si].spec_id())) else {
         return Some(Op::RenderFailed {
             run_id: run.id.clone(),
             step_id,
@@ -318,8 +354,9 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         // A retry waiting out its backoff.
         return None;
     }
+    let ctx = step_context(run, si);
     if let Some(expr) = &spec.when {
-        match eval_condition(expr, &template_context(run)) {
+        match eval_condition(expr, &ctx) {
             Ok(true) => {}
             Ok(false) => {
                 let reason = format!("skipped: `when: {expr}` is false");
@@ -327,6 +364,41 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             }
             Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
         }
+    }
+    if let (Some(foreach), None) = (&spec.foreach, &run.steps[si].target) {
+        // The foreach step itself: resolve its targets, once, into one step per target.
+        let (targets, workers) = match &foreach.over {
+            ForeachOver::List(expr) => match eval_list(expr, &ctx) {
+                Ok(items) => {
+                    let n = items.len();
+                    (items, vec![None; n])
+                }
+                Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
+            },
+            ForeachOver::Workers(selector) => {
+                // Label values are templates (`role: "{{ params.role }}"`).
+                let mut labels = BTreeMap::new();
+                for (k, v) in selector {
+                    match render_text(v, &ctx) {
+                        Ok(value) => labels.insert(k.clone(), value),
+                        Err(e) => {
+                            return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() });
+                        }
+                    };
+                }
+                let ids: Vec<String> = view
+                    .workers
+                    .iter()
+                    .filter(|w| labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                    .map(|w| w.id.clone())
+                    .collect();
+                (
+                    ids.iter().map(|id| serde_json::Value::String(id.clone())).collect(),
+                    ids.into_iter().map(Some).collect(),
+                )
+            }
+        };
+        return Some(Op::ExpandForeach { run_id: run.id.clone(), step_id, targets, workers });
     }
     let exec = match &spec.action {
         Action::Exec(exec) => exec,
@@ -336,7 +408,7 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         Action::Approval(approval) => {
             let prompt = match &approval.message {
                 None => format!("Approve step {step_id} of run {} ({})?", run.id, run.runbook),
-                Some(template) => match render_text(template, &template_context(run)) {
+                Some(template) => match render_text(template, &ctx) {
                     Ok(text) => text,
                     Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
                 },
@@ -346,12 +418,15 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
     };
     // Least-loaded worker with free capacity; ties go to the earliest registered. Chosen
     // before rendering: with every worker busy, waiting runs cost nothing per decision.
+    // A target of `foreach: { workers: ... }` runs on its own worker, and waits for it.
+    let pinned = run.steps[si].target_worker.as_deref();
     let worker = view
         .workers
         .iter()
+        .filter(|w| pinned.is_none_or(|p| p == w.id))
         .filter(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
         .min_by_key(|w| load.get(&w.id).copied().unwrap_or(0))?;
-    let rendered = match render_exec(exec, &template_context(run)) {
+    let rendered = match render_exec(exec, &ctx) {
         Ok(r) => r,
         Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
     };
@@ -367,18 +442,54 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
     })
 }
 
-/// The template context of a run: `params`, `steps.<id>.outputs|status`, `run`.
+/// The context step `si` renders in: the run's, plus `target` for a foreach target.
+pub fn step_context(run: &Run, si: usize) -> serde_json::Value {
+    let mut ctx = template_context(run);
+    if let Some(target) = &run.steps[si].target {
+        ctx["target"] = target.clone();
+    }
+    ctx
+}
+
+/// The template context of a run: `params`, `steps.<id>.outputs|status`, `run`. A foreach
+/// step is there under its own id too: `status` for all its targets (`succeeded` when every
+/// one is done, `failed` if one failed, else `running`), `outputs` by target step id.
 pub fn template_context(run: &Run) -> serde_json::Value {
-    let steps: serde_json::Map<String, serde_json::Value> = run
+    let mut steps: serde_json::Map<String, serde_json::Value> = run
         .steps
         .iter()
-        .filter(|s| s.state != StepState::Pending)
         .map(|s| (s.id.clone(), serde_json::json!({ "outputs": s.outputs, "status": s.state.as_str() })))
         .collect();
+    let mut groups: BTreeMap<&str, Vec<&baton_core::run::StepRun>> = BTreeMap::new();
+    for s in run.steps.iter().filter(|s| s.target.is_some()) {
+        groups.entry(s.spec_id()).or_default().push(s);
+    }
+    for (id, items) in groups {
+        let status = if items.iter().any(|s| matches!(s.state, StepState::Failed | StepState::Lost)) {
+            "failed"
+        } else if items.iter().all(|s| s.state.is_done()) {
+            "succeeded"
+        } else {
+            "running"
+        };
+        let outputs: serde_json::Map<String, serde_json::Value> =
+            items.iter().map(|s| (s.id.clone(), serde_json::json!(s.outputs))).collect();
+        steps.insert(id.to_string(), serde_json::json!({ "outputs": outputs, "status": status }));
+    }
+    let finishing = run.finishing.as_ref();
     serde_json::json!({
         "params": run.params,
         "steps": steps,
-        "run": { "id": run.id, "runbook": run.runbook, "version": run.version, "trigger": run.trigger.kind() },
+        "run": {
+            "id": run.id,
+            "runbook": run.runbook,
+            "version": run.version,
+            "trigger": run.trigger.kind(),
+            "principal": run.principal,
+            "started_at": run.started_at_ms,
+            "failed_step": finishing.and_then(|f| f.failed_step.clone()).unwrap_or_default(),
+            "error": finishing.and_then(|f| f.error.clone()).unwrap_or_default(),
+        },
     })
 }
 
@@ -473,7 +584,10 @@ steps:
         View {
             now_ms,
             leader_since_ms: 0,
-            workers: workers.iter().map(|(id, c)| WorkerSlot { id: id.to_string(), capacity: *c }).collect(),
+            workers: workers
+                .iter()
+                .map(|(id, c)| WorkerSlot { id: id.to_string(), capacity: *c, ..Default::default() })
+                .collect(),
             departed: HashMap::new(),
             worker_grace_ms: 1_000,
         }

@@ -7,11 +7,14 @@
 //! node must do outside the state machine afterwards (send an assignment, wake watchers) comes
 //! back as [`Effect`]s, and the outcome for the proposer as a [`Reply`].
 
+pub mod alerts;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use baton_core::command::{Actor, Command, Op};
 use baton_core::run::{
-    ApprovalRequest, Attempt, AttemptState, Decision, Fence, Run, RunEvent, RunState, StepRun, StepState, Trigger,
+    ApprovalRequest, Attempt, AttemptState, Block, Decision, Fence, Finishing, Run, RunEvent, RunState, StepRun,
+    StepState, Trigger,
 };
 use baton_core::runbook::Action;
 use baton_core::schedule::{BlackoutAction, Overlap};
@@ -46,6 +49,13 @@ pub struct State {
     /// members' addresses come from each node's configuration.)
     #[serde(default)]
     pub members: BTreeMap<u64, String>,
+    /// Held resource locks: lock name -> (run id, since when).
+    #[serde(default)]
+    pub locks: BTreeMap<String, (String, i64)>,
+    /// Runs started by alerts: dedupe key (`RUNBOOK/TARGET`) -> the key's run, its firing
+    /// alerts and its cooldown (see [`alerts`]).
+    #[serde(default)]
+    pub alert_runs: BTreeMap<String, alerts::AlertRun>,
 }
 
 /// A runbook and every version ever applied (runs are pinned to one).
@@ -235,6 +245,17 @@ impl State {
                 self.decide(&run_id, step_id.as_deref(), decision, &groups, &mut fx)
             }
             Op::TimeoutRun { run_id } => self.timeout_run(now, &run_id, &mut fx),
+            Op::AcquireLocks { run_id } => self.acquire_locks(now, &run_id, &mut fx),
+            Op::ExpandForeach { run_id, step_id, targets, workers } => {
+                self.expand_foreach(&run_id, &step_id, targets, workers, now, &mut fx)
+            }
+            Op::StartRunAs { run_id, runbook, params, idempotency_key, by } => {
+                self.start_run_as(index, now, run_id, &runbook, params, idempotency_key, &by, &mut fx)
+            }
+            Op::AlertNotified { key, firing, resolved, start, by, summary } => {
+                let notice = alerts::AlertNotice { key, firing, resolved, start, by, summary };
+                self.alert_notified(index, now, notice, &mut fx)
+            }
         };
         (reply, fx)
     }
@@ -363,7 +384,13 @@ impl State {
             Ok(p) => p,
             Err(e) => return Reply::Rejected(e.to_string()),
         };
-        let run = new_run(rb, run_id.clone(), params, Trigger::Api, now, idempotency_key.clone());
+        let run = match new_run(rb, run_id.clone(), params, Trigger::Api, now, idempotency_key.clone()) {
+            Ok(run) => run,
+            Err(e) => return Reply::Rejected(e),
+        };
+        if let Some(why) = self.budget_refusal(rb, &run, now) {
+            return Reply::Rejected(why);
+        }
         if let Some(key) = idempotency_key {
             self.idempotency.insert(key, run_id.clone());
         }
@@ -478,8 +505,12 @@ impl State {
             Some(entry) => {
                 let rb = entry.current();
                 rb.resolve_params(&schedule.params)
-                    .map(|p| new_run(rb, run_id.clone(), p, trigger.clone(), now, None))
                     .map_err(|e| e.to_string())
+                    .and_then(|p| new_run(rb, run_id.clone(), p, trigger.clone(), now, None))
+                    .and_then(|run| match self.budget_refusal(rb, &run, now) {
+                        Some(why) => Err(why),
+                        None => Ok(run),
+                    })
             }
         };
         let run = created.unwrap_or_else(|error| {
@@ -623,10 +654,15 @@ impl State {
         let Some(run) = self.runs.get_mut(&a.run_id) else {
             return Reply::Rejected(format!("run {:?} does not exist", a.run_id));
         };
-        let Some(si) = next_step(run) else { return Reply::Done };
+        let Some(si) = current_index(run, &a.step_id) else { return Reply::Done };
         let step = &mut run.steps[si];
-        // Only the run's next pending step may be assigned, and only once at a time.
-        if step.id != a.step_id || step.state != StepState::Pending || run.cancel_requested || run.paused {
+        // Only a current pending step may be assigned, and only once at a time.
+        if step.id != a.step_id
+            || step.state != StepState::Pending
+            || run.cancel_requested
+            || run.paused
+            || (!run.locks.is_empty() && !run.locks_held)
+        {
             return Reply::Done;
         }
         let number = step.attempts.len() as u32 + 1;
@@ -662,12 +698,12 @@ impl State {
             return Reply::Done;
         }
         let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
-        let Some(si) = next_step(run) else { return Reply::Done };
+        let Some(si) = current_index(run, step_id) else { return Reply::Done };
         let step = &mut run.steps[si];
         if step.id != step_id || step.state != StepState::Pending {
             return Reply::Done;
         }
-        self.fail_step(run_id, si, format!("could not render inputs: {error}"), now);
+        self.fail_step(run_id, si, format!("could not render inputs: {error}"), now, fx);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
     }
@@ -677,7 +713,7 @@ impl State {
             return Reply::Done;
         }
         let Some(run) = self.runs.get_mut(run_id) else { return Reply::Done };
-        let Some(si) = next_step(run) else { return Reply::Done };
+        let Some(si) = current_index(run, step_id) else { return Reply::Done };
         let step = &mut run.steps[si];
         if step.id != step_id || step.state != StepState::Pending || !step.attempts.is_empty() {
             return Reply::Done;
@@ -690,6 +726,7 @@ impl State {
             run.state = RunState::Running;
             run.started_at_ms = now;
         }
+        self.group_progress(run_id, si, now);
         self.settle(run_id, now);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
@@ -761,17 +798,27 @@ impl State {
                     ));
                 }
             },
-            None => match run.steps.iter().position(|s| !(s.state.is_done() || s.failure_tolerated)) {
+            None => match run
+                .steps
+                .iter()
+                .position(|s| s.block == Block::Main && !(s.state.is_done() || s.failure_tolerated))
+            {
                 Some(i) => i,
                 None => return Reply::Rejected(format!("run {run_id} has no step left to retry")),
             },
         };
+        if run.steps[index].block != Block::Main {
+            let id = &run.steps[index].id;
+            return Reply::Rejected(format!("step {id} is an on_failure/on_cancel step; retry from a main step"));
+        }
         let from_id = run.steps[index].id.clone();
         let run = self.runs.get_mut(run_id).expect("checked above");
+        run.finishing = None;
+        run.handlers_ran = false;
         for step in &mut run.steps[index..] {
             let attempts = step.attempts.len() as u32;
             let kept = std::mem::take(&mut step.attempts);
-            *step = StepRun { attempts: kept, retry_base: attempts, ..StepRun::pending(&step.id) };
+            *step = StepRun { attempts: kept, retry_base: attempts, block: step.block, ..StepRun::pending(&step.id) };
         }
         let started = run.steps[..index].iter().any(|s| s.started_at_ms > 0);
         run.state = if started { RunState::Running } else { RunState::Pending };
@@ -839,6 +886,11 @@ impl State {
             fx.push(Effect::CancelAttempt { worker: a.worker.clone(), attempt_id: a.id });
         }
         run.cancel_requested = true;
+        // Ended by hand or superseded: its on_failure / on_cancel steps do not run.
+        run.handlers_ran = true;
+        if let Some(f) = run.finishing.take() {
+            run.error = f.error;
+        }
         self.finish_run(run_id, state, Some(error), now);
         fx.push(Effect::RunChanged(run_id.to_string()));
     }
@@ -849,13 +901,10 @@ impl State {
             return None;
         }
         let run = self.runs.get(run_id)?;
-        let si = next_step(run)?;
+        let si = current_index(run, step_id)?;
         let step = &run.steps[si];
-        if step.id != step_id
-            || step.state != state
-            || run.cancel_requested
-            || (run.paused && state == StepState::Pending)
-        {
+        let blocked = state == StepState::Pending && (run.paused || (!run.locks.is_empty() && !run.locks_held));
+        if step.id != step_id || step.state != state || run.cancel_requested || blocked {
             return None;
         }
         Some((si, self.spec_of(run_id, si)?.action.clone()))
@@ -900,7 +949,7 @@ impl State {
                     baton_core::duration::format_duration(a.timeout_ms),
                     a.min_approvals
                 );
-                self.fail_step(run_id, si, error, now);
+                self.fail_step(run_id, si, error, now, fx);
             }
             _ => {
                 let step = &mut run.steps[si];
@@ -930,11 +979,25 @@ impl State {
             // This request was applied already (it was proposed again after a leader change).
             return Reply::Done;
         }
-        let waiting = next_step(run).filter(|si| run.steps[*si].state == StepState::Waiting);
-        let approval = waiting.and_then(|si| match &self.spec_of(run_id, si)?.action {
-            Action::Approval(a) => Some((si, a.clone())),
-            _ => None,
-        });
+        // The approval asked for, or the first one the run waits on (several can wait at once in
+        // a parallel group).
+        let approval = current_steps(run)
+            .into_iter()
+            .filter(|si| run.steps[*si].state == StepState::Waiting)
+            .filter(|si| step_id.is_none_or(|wanted| run.steps[*si].id == wanted))
+            .find_map(|si| match &self.spec_of(run_id, si)?.action {
+                Action::Approval(a) => Some((si, a.clone())),
+                _ => None,
+            })
+            .or_else(|| {
+                // Not the one asked for: answer about the one that waits.
+                current_steps(run).into_iter().filter(|si| run.steps[*si].state == StepState::Waiting).find_map(|si| {
+                    match &self.spec_of(run_id, si)?.action {
+                        Action::Approval(a) => Some((si, a.clone())),
+                        _ => None,
+                    }
+                })
+            });
         let Some((si, rules)) = approval.filter(|_| self.active_runs.contains(run_id) && !run.cancel_requested) else {
             return Reply::Rejected(format!("run {run_id} is {} and waits for no approval", run_state_text(run)));
         };
@@ -968,7 +1031,7 @@ impl State {
         step.decisions.push(d);
         if !approve {
             let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
-            self.fail_step(run_id, si, format!("denied by {who}{why}"), now);
+            self.fail_step(run_id, si, format!("denied by {who}{why}"), now, fx);
         } else {
             let approved: Vec<&str> =
                 step.decisions.iter().filter(|d| d.approve).map(|d| d.principal.as_str()).collect();
@@ -997,7 +1060,7 @@ impl State {
 
     /// Step `si` (the current one) failed without an attempt outcome: the run fails, unless
     /// the step tolerates failure and the run goes on.
-    fn fail_step(&mut self, run_id: &str, si: usize, error: String, now: i64) {
+    fn fail_step(&mut self, run_id: &str, si: usize, error: String, now: i64, fx: &mut Vec<Effect>) {
         let tolerated = self.spec_of(run_id, si).is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(run_id).expect("fail_step on an existing run");
         let step = &mut run.steps[si];
@@ -1006,25 +1069,177 @@ impl State {
         step.finished_at_ms = now;
         step.deadline_ms = 0;
         let step_id = step.id.clone();
-        if tolerated {
-            step.failure_tolerated = true;
-            self.settle(run_id, now);
-        } else {
-            self.finish_run(run_id, RunState::Failed, Some(format!("step {step_id} failed: {error}")), now);
+        let group_failure = self.target_failed(run_id, si, now);
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        match group_failure {
+            None => {
+                run.steps[si].failure_tolerated = true;
+                self.group_progress(run_id, si, now);
+                self.settle(run_id, now);
+            }
+            Some(_) if tolerated => {
+                run.steps[si].failure_tolerated = true;
+                self.group_progress(run_id, si, now);
+                self.settle(run_id, now);
+            }
+            Some(why) => {
+                let message = why.unwrap_or_else(|| format!("step {step_id} failed: {error}"));
+                self.finish_run(run_id, RunState::Failed, Some(message), now);
+                self.stop_others(run_id, fx);
+            }
         }
+    }
+
+    /// A foreach target (step `si`) failed: `None` if `max_failures` tolerates it; otherwise
+    /// `Some(why)` (with the group's reason for a target, `None` inside for any other step).
+    /// When the group fails, its targets that did not start are cancelled.
+    fn target_failed(&mut self, run_id: &str, si: usize, now: i64) -> Option<Option<String>> {
+        let Some(run) = self.runs.get(run_id) else { return Some(None) };
+        let step = &run.steps[si];
+        let (Some(group), true) = (step.group.clone(), step.target.is_some()) else { return Some(None) };
+        let Some(foreach) = self.spec_of(run_id, si).and_then(|s| s.foreach.clone()) else { return Some(None) };
+        let items: Vec<usize> =
+            run.steps.iter().enumerate().filter(|(_, s)| s.group.as_ref() == Some(&group)).map(|(i, _)| i).collect();
+        let failed =
+            items.iter().filter(|i| matches!(run.steps[**i].state, StepState::Failed | StepState::Lost)).count();
+        let allowed = foreach.max_failures.tolerated_of(items.len());
+        if failed <= allowed {
+            return None;
+        }
+        let run = self.runs.get_mut(run_id)?;
+        for i in items {
+            let s = &mut run.steps[i];
+            if s.state == StepState::Pending {
+                s.state = StepState::Cancelled;
+                s.error = Some(format!("not started: step {group} failed on too many targets"));
+                s.finished_at_ms = now;
+            }
+        }
+        Some(Some(format!(
+            "step {group} failed on {failed} of {} targets (max_failures allows {allowed})",
+            run.steps.iter().filter(|s| s.group.as_ref() == Some(&group)).count()
+        )))
+    }
+
+    /// After a step of a foreach ended: when its batch is done, the next batch waits `bake`.
+    fn group_progress(&mut self, run_id: &str, si: usize, now: i64) {
+        let Some(run) = self.runs.get(run_id) else { return };
+        let step = &run.steps[si];
+        let (Some(group), true) = (step.group.clone(), step.target.is_some()) else { return };
+        let batch = step.batch;
+        let bake = self.spec_of(run_id, si).and_then(|s| s.foreach.as_ref()).map_or(0, |f| f.bake_ms);
+        let unfinished = |s: &StepRun| matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting);
+        let in_batch = |s: &StepRun| s.group.as_ref() == Some(&group) && s.batch == batch;
+        if bake == 0 || run.steps.iter().any(|s| in_batch(s) && unfinished(s)) {
+            return;
+        }
+        let until = now.saturating_add(i64::try_from(bake).unwrap_or(i64::MAX));
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        for s in run.steps.iter_mut().filter(|s| s.group.as_ref() == Some(&group) && s.batch == batch + 1) {
+            s.not_before_ms = s.not_before_ms.max(until);
+        }
+    }
+
+    /// The run ended (or is running its handlers) while other attempts of it still run: ask
+    /// their workers to stop them.
+    fn stop_others(&self, run_id: &str, fx: &mut Vec<Effect>) {
+        let Some(run) = self.runs.get(run_id) else { return };
+        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+        for s in run.steps.iter().filter(|s| run.state.is_terminal() || s.block != phase) {
+            if let Some(a) = s.active_attempt() {
+                fx.push(Effect::CancelAttempt { worker: a.worker.clone(), attempt_id: a.id });
+            }
+        }
+    }
+
+    fn expand_foreach(
+        &mut self,
+        run_id: &str,
+        step_id: &str,
+        targets: Vec<serde_json::Value>,
+        workers: Vec<Option<String>>,
+        now: i64,
+        fx: &mut Vec<Effect>,
+    ) -> Reply {
+        let Some((si, _)) = self.current_step(run_id, step_id, StepState::Pending) else { return Reply::Done };
+        let Some(foreach) = self.spec_of(run_id, si).and_then(|s| s.foreach.clone()) else {
+            return Reply::Rejected(format!("step {step_id} has no foreach"));
+        };
+        let run = self.runs.get_mut(run_id).expect("checked by current_step");
+        if run.steps[si].target.is_some() || run.steps[si].group.is_some() {
+            return Reply::Done;
+        }
+        if run.state == RunState::Pending {
+            run.state = RunState::Running;
+            run.started_at_ms = now;
+        }
+        if targets.is_empty() {
+            let step = &mut run.steps[si];
+            step.state = StepState::Skipped;
+            step.error = Some("skipped: foreach has no targets".into());
+            step.started_at_ms = now;
+            step.finished_at_ms = now;
+            self.settle(run_id, now);
+            fx.push(Effect::RunChanged(run_id.to_string()));
+            return Reply::Done;
+        }
+        let size = foreach.batch.batch_of(targets.len());
+        let block = run.steps[si].block;
+        let mut ids: BTreeSet<String> = run.steps.iter().map(|s| s.id.clone()).collect();
+        let items: Vec<StepRun> = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, target)| {
+                let label = match &target {
+                    serde_json::Value::String(t)
+                        if !t.is_empty() && t.len() <= 64 && !t.chars().any(char::is_control) =>
+                    {
+                        t.clone()
+                    }
+                    _ => i.to_string(),
+                };
+                let mut id = format!("{step_id}[{label}]");
+                if ids.contains(&id) {
+                    id = format!("{step_id}[{i}:{label}]");
+                }
+                ids.insert(id.clone());
+                StepRun {
+                    block,
+                    spec: step_id.to_string(),
+                    group: Some(step_id.to_string()),
+                    batch: u32::try_from(i / size).unwrap_or(u32::MAX),
+                    target: Some(target),
+                    target_worker: workers.get(i).cloned().flatten(),
+                    ..StepRun::pending(&id)
+                }
+            })
+            .collect();
+        let added = items.len() - 1;
+        run.steps.splice(si..=si, items);
+        // Later steps moved: keep the attempt index pointing at them (none is active in
+        // practice, since the run's later steps have not started).
+        for (rid, idx) in self.active_attempts.values_mut() {
+            if rid == run_id && *idx > si {
+                *idx += added;
+            }
+        }
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
     }
 
     /// The runbook step behind step `si` of a run (from the version the run is pinned to).
     fn spec_of(&self, run_id: &str, si: usize) -> Option<&baton_core::runbook::Step> {
         let run = self.runs.get(run_id)?;
-        self.runbook_of(run)?.steps.get(si)
+        self.runbook_of(run)?.step(run.steps.get(si)?.spec_id())
     }
 
     /// Ends a run whose steps are all done (succeeded, skipped, or failed with the failure
     /// tolerated) as succeeded; otherwise leaves it be.
     fn settle(&mut self, run_id: &str, now: i64) {
         let done = self.runs.get(run_id).is_some_and(|r| {
-            !r.state.is_terminal() && r.steps.iter().all(|s| s.state.is_done() || s.failure_tolerated)
+            let block = r.finishing.as_ref().map_or(Block::Main, |f| f.block);
+            !r.state.is_terminal()
+                && r.steps.iter().filter(|s| s.block == block).all(|s| s.state.is_done() || s.failure_tolerated)
         });
         if done {
             self.finish_run(run_id, RunState::Succeeded, None, now);
@@ -1062,6 +1277,7 @@ impl State {
         let cancel_requested = run.cancel_requested;
         // A run stopped by its own timeout ends failed; one stopped by an operator, cancelled.
         let stopped = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
+        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
         let step = &mut run.steps[si];
         let attempt = step.attempts.iter_mut().find(|a| a.id == attempt_id).expect("attempt exists");
         attempt.state = if r.state.is_terminal() { r.state } else { AttemptState::Failed };
@@ -1075,8 +1291,9 @@ impl State {
             step.stdout_tail = r.stdout_tail;
             step.stderr_tail = r.stderr_tail;
         }
-        if run.state.is_terminal() {
-            // Force-failed while it ran: the outcome is recorded, the run's end stays as it is.
+        if run.state.is_terminal() || step.block != phase {
+            // The run ended (force-failed, a sibling failed) or went on to its handlers while
+            // this ran: the outcome is recorded, the run's course stays as it is.
             step.state = match attempt_state {
                 AttemptState::Succeeded => StepState::Succeeded,
                 AttemptState::Lost => StepState::Lost,
@@ -1138,13 +1355,37 @@ impl State {
         if step_state != StepState::Pending {
             step.finished_at_ms = now;
         }
-        if let Some((state, error)) = run_end {
-            self.finish_run(&run_id, state, error, now);
-        } else if cancel_requested {
-            let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
-            self.finish_run(&run_id, stopped, error, now);
-        } else {
-            self.settle(&run_id, now);
+        let mut run_end = run_end;
+        if step_state == StepState::Failed {
+            // A foreach target: within max_failures the failure is tolerated; beyond it the
+            // step fails as a whole (and its targets that did not start are cancelled).
+            match self.target_failed(&run_id, si, now) {
+                None => {
+                    self.runs.get_mut(&run_id).expect("checked above").steps[si].failure_tolerated = true;
+                    run_end = None;
+                }
+                Some(Some(why)) if run_end.is_some() => run_end = Some((RunState::Failed, Some(why))),
+                Some(_) => {}
+            }
+        }
+        if matches!(step_state, StepState::Succeeded | StepState::Failed) && run_end.is_none() {
+            self.group_progress(&run_id, si, now);
+        }
+        let others_active = self.active_attempts.values().any(|(r, _)| *r == run_id);
+        match run_end {
+            // Being stopped: the run ends when its last attempt has stopped.
+            Some((state, _)) if state == stopped && cancel_requested && others_active => {}
+            Some((state, error)) => {
+                self.finish_run(&run_id, state, error, now);
+                self.stop_others(&run_id, fx);
+            }
+            None if cancel_requested => {
+                if !others_active {
+                    let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
+                    self.finish_run(&run_id, stopped, error, now);
+                }
+            }
+            None => self.settle(&run_id, now),
         }
         fx.push(Effect::RunChanged(run_id));
         fx.push(Effect::AckResult { worker, attempt_id });
@@ -1192,21 +1433,129 @@ impl State {
         fx.push(Effect::RunChanged(id));
     }
 
+    /// Ends a run (or, for `needs_attention`, stops it for an operator). A run that fails or
+    /// is cancelled first runs its `on_failure` / `on_cancel` steps, once; when those end, the
+    /// run ends as it was going to. Locks are released when the run ends.
     fn finish_run(&mut self, run_id: &str, state: RunState, error: Option<String>, now: i64) {
+        let handlers = self.runs.get(run_id).and_then(|run| {
+            let block = match state {
+                RunState::Failed => Block::OnFailure,
+                RunState::Cancelled => Block::OnCancel,
+                _ => return None,
+            };
+            let has = run.steps.iter().any(|s| s.block == block);
+            (has && !run.handlers_ran && run.finishing.is_none()).then_some(block)
+        });
         let run = self.runs.get_mut(run_id).expect("finish_run on an existing run");
+        if let Some(block) = handlers {
+            let failed_step = run
+                .steps
+                .iter()
+                .find(|s| {
+                    s.block == Block::Main
+                        && matches!(s.state, StepState::Failed | StepState::Lost)
+                        && !s.failure_tolerated
+                })
+                .map(|s| s.id.clone());
+            for s in run.steps.iter_mut().filter(|s| s.block == Block::Main) {
+                if matches!(s.state, StepState::Pending | StepState::Waiting) && state == RunState::Cancelled {
+                    s.state = StepState::Cancelled;
+                }
+            }
+            let error = error.or_else(|| run.error.clone());
+            run.finishing = Some(Finishing { block, state, error: error.clone(), failed_step });
+            run.handlers_ran = true;
+            run.cancel_requested = false;
+            run.paused = false;
+            run.state = RunState::Running;
+            run.error = error;
+            return;
+        }
+        let (state, error) = match run.finishing.take() {
+            // The handler steps ended: the run ends as it was going to, saying if they failed.
+            Some(f) => {
+                let handler_error = (state != RunState::Succeeded).then(|| {
+                    let why = error.or_else(|| run.error.clone()).unwrap_or_else(|| state.as_str().to_string());
+                    format!("; {} did not complete: {why}", f.block.as_str())
+                });
+                let message = format!("{}{}", f.error.unwrap_or_default(), handler_error.unwrap_or_default());
+                (f.state, Some(message).filter(|e| !e.is_empty()))
+            }
+            None => (state, error),
+        };
         run.state = state;
+        let mut released = Vec::new();
         if state.is_terminal() {
             run.finished_at_ms = now;
-            for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending) {
+            for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending && s.block == Block::Main) {
                 if state == RunState::Cancelled {
                     s.state = StepState::Cancelled;
                 }
+            }
+            if run.locks_held {
+                run.locks_held = false;
+                released = run.locks.clone();
             }
         }
         if error.is_some() {
             run.error = error;
         }
+        for lock in released {
+            if self.locks.get(&lock).is_some_and(|(holder, _)| holder == run_id) {
+                self.locks.remove(&lock);
+            }
+        }
         self.active_runs.remove(run_id);
+    }
+
+    /// Why `run` may not start under its runbook's budget, if it may not: the runs of the
+    /// runbook with the same key created within the window.
+    pub fn budget_refusal(&self, rb: &Runbook, run: &Run, now: i64) -> Option<String> {
+        let budget = rb.budget.as_ref()?;
+        let key = run.budget_key.as_ref()?;
+        let per = i64::try_from(budget.per_ms).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(per);
+        let used: Vec<&Run> = self
+            .runs_newest_first(&rb.name)
+            .take_while(|r| r.created_at_ms > since)
+            .filter(|r| r.budget_key.as_ref() == Some(key) && r.state != RunState::Missed)
+            .collect();
+        if used.len() < budget.max_runs as usize {
+            return None;
+        }
+        let next = used.last().map_or(now, |r| r.created_at_ms).saturating_add(per);
+        let for_key = if key.is_empty() { String::new() } else { format!(" for {key:?}") };
+        Some(format!(
+            "budget exhausted: at most {} run(s) of {} per {}{for_key}; the next is allowed from {next} (unix ms)",
+            budget.max_runs,
+            rb.name,
+            baton_core::duration::format_duration(budget.per_ms),
+        ))
+    }
+
+    /// Takes every lock of a waiting run if all are free; with `lock_wait: skip` a run that
+    /// cannot have them ends at once, cancelled.
+    fn acquire_locks(&mut self, now: i64, run_id: &str, fx: &mut Vec<Effect>) -> Reply {
+        let Some(run) = self.runs.get(run_id).filter(|r| self.active_runs.contains(run_id) && !r.locks_held) else {
+            return Reply::Done;
+        };
+        let busy = run.locks.iter().find_map(|l| self.locks.get(l).filter(|(h, _)| h != run_id).map(|(h, _)| (l, h)));
+        if let Some((lock, holder)) = busy {
+            if self.runbook_of(run).is_some_and(|rb| rb.skip_if_locked) {
+                let why = format!("skipped: lock {lock:?} is held by run {holder} (lock_wait: skip)");
+                let run = self.runs.get_mut(run_id).expect("checked above");
+                run.handlers_ran = true;
+                self.finish_run(run_id, RunState::Cancelled, Some(why), now);
+                fx.push(Effect::RunChanged(run_id.to_string()));
+            }
+            return Reply::Done;
+        }
+        for lock in run.locks.clone() {
+            self.locks.insert(lock, (run_id.to_string(), now));
+        }
+        self.runs.get_mut(run_id).expect("checked above").locks_held = true;
+        fx.push(Effect::RunChanged(run_id.to_string()));
+        Reply::Done
     }
 
     fn worker_of(&self, attempt_id: u64) -> Option<String> {
@@ -1254,6 +1603,12 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         paused: false,
         timer_start_ms: 0,
         events: Vec::new(),
+        principal: String::new(),
+        locks: Vec::new(),
+        locks_held: false,
+        budget_key: None,
+        finishing: None,
+        handlers_ran: false,
     }
 }
 
@@ -1262,15 +1617,49 @@ fn reason_suffix(reason: &str) -> String {
     if reason.is_empty() { String::new() } else { format!(": {reason}") }
 }
 
+/// The steps the run is at: its first unfinished step in the current block and, when that
+/// step belongs to a group, every unfinished step of the same group and batch (the steps of
+/// a `parallel` group, or one batch of `foreach` targets).
+pub fn current_steps(run: &Run) -> Vec<usize> {
+    let Some(first) = next_step(run) else { return Vec::new() };
+    let head = &run.steps[first];
+    let Some(group) = &head.group else { return vec![first] };
+    run.steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.block == head.block
+                && s.group.as_ref() == Some(group)
+                && s.batch == head.batch
+                && matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The index of step `id` if the run is at it.
+pub fn current_index(run: &Run, id: &str) -> Option<usize> {
+    current_steps(run).into_iter().find(|i| run.steps[*i].id == id)
+}
+
 /// "failed", "needs_attention"... for messages about a run's state.
 fn run_state_text(run: &Run) -> &'static str {
     if run.cancel_requested && !run.state.is_terminal() { "being cancelled" } else { run.state.as_str() }
 }
 
-/// The run's current step: the first one that is pending, running or waiting (steps run in order;
+/// The run's current step: the first one of the current block (the main steps, or the
+/// handler steps while it is finishing) that is pending, running or waiting (steps run in order;
 /// done, skipped and tolerated-failed steps are behind it).
 pub fn next_step(run: &Run) -> Option<usize> {
-    run.steps.iter().position(|s| matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting))
+    let block = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+    run.steps.iter().position(|s| {
+        s.block == block && matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting)
+    })
+}
+
+/// The run a trigger with these (resolved) params would create, for `baton plan`.
+pub fn planned_run(rb: &Runbook, params: BTreeMap<String, serde_json::Value>, now: i64) -> Result<Run, String> {
+    new_run(rb, "r-plan".into(), params, Trigger::Api, now, None)
 }
 
 fn new_run(
@@ -1280,15 +1669,26 @@ fn new_run(
     trigger: Trigger,
     now: i64,
     idempotency_key: Option<String>,
-) -> Run {
-    Run {
+) -> Result<Run, String> {
+    let locks = rb.render_locks(&params)?;
+    let budget_key = rb.budget_key(&params)?;
+    let block = |steps: &[baton_core::runbook::Step], block: Block| {
+        steps
+            .iter()
+            .map(move |s| StepRun { block, group: s.group.clone(), ..StepRun::pending(&s.id) })
+            .collect::<Vec<_>>()
+    };
+    let mut steps = block(&rb.steps, Block::Main);
+    steps.extend(block(&rb.on_failure, Block::OnFailure));
+    steps.extend(block(&rb.on_cancel, Block::OnCancel));
+    Ok(Run {
         id,
         runbook: rb.name.clone(),
         version: rb.version.clone(),
         params,
         trigger,
         state: RunState::Pending,
-        steps: rb.steps.iter().map(|s| StepRun::pending(&s.id)).collect(),
+        steps,
         created_at_ms: now,
         started_at_ms: 0,
         finished_at_ms: 0,
@@ -1300,7 +1700,13 @@ fn new_run(
         paused: false,
         timer_start_ms: 0,
         events: Vec::new(),
-    }
+        principal: String::new(),
+        locks,
+        locks_held: false,
+        budget_key,
+        finishing: None,
+        handlers_ran: false,
+    })
 }
 
 #[cfg(test)]

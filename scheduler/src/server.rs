@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::hooks::{self, Hooks, HooksConfig};
 use crate::api::{Api, http, now_ms};
 use crate::dispatch::{Workers, run_effects};
 use crate::engine::{Engine, View};
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub join: bool,
     /// Approver groups: group name -> member principals (`group:<name>` in approval steps).
     pub groups: BTreeMap<String, Vec<String>>,
+    /// The chat-ops and Alertmanager hooks (secrets, user mapping, alert rules, webhooks).
+    pub hooks: HooksConfig,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             election_ticks: 10,
             join: false,
             groups: BTreeMap::new(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -89,6 +93,9 @@ pub struct RunningServer {
 
 /// Opens the store, starts the Raft loop and every service.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    // The hooks' configuration (alert rules included) is checked before anything starts.
+    let hooks =
+        Arc::new(Hooks::new(config.hooks.clone()).map_err(|e| anyhow::anyhow!("chat-ops and alert hooks: {e}"))?);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let store: Arc<dyn Store> = Arc::new(
@@ -130,11 +137,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         addresses: Arc::new(addresses),
         channels: Arc::default(),
         groups: Arc::new(config.groups.clone()),
+        hooks,
     };
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
     tasks.push(tokio::spawn(run_effects(effects_rx, node.clone(), workers.clone(), run_changes)));
+    tasks.push(tokio::spawn(hooks::notify::run_notifier(api.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(drive_engine(node.clone(), workers, config.worker_grace, shutdown.clone())));
 
     let grpc =
@@ -166,6 +175,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             pb::schedule_service_server::ScheduleServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(pb::run_service_server::RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(
+            pb::lock_service_server::LockServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
         .add_service(
             pb::worker_service_server::WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE),
         )

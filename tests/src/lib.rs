@@ -4,6 +4,7 @@
 //! `$BATON_BIN`; build it first with `cargo build -p baton` (the test script does).
 
 pub mod cluster;
+pub mod http;
 pub mod nemesis;
 pub mod server;
 

@@ -60,6 +60,25 @@ pub(crate) struct RunbookFile {
     #[serde(default)]
     #[schemars(range(min = 1, max = 10000))]
     pub concurrency: Option<u32>,
+    /// Resource locks the run holds from before its first step until it ends (templates over
+    /// `params`, e.g. `redis/{{ params.cluster }}`): two runs never hold the same lock.
+    #[serde(default)]
+    pub locks: Vec<String>,
+    /// What a run does when one of its locks is held by another run: `queue` (the default)
+    /// waits, first come first served; `skip` ends the run at once as cancelled.
+    #[serde(default)]
+    pub lock_wait: Option<LockWaitFile>,
+    /// At most `max_runs` runs per `per` window for the same `key` (a template over `params`;
+    /// default: one key for the whole runbook); a trigger beyond it is refused.
+    #[serde(default)]
+    pub budget: Option<BudgetFile>,
+    /// Steps that run once if the run fails (after its last step failed or it timed out);
+    /// they can read `run.failed_step` and `run.error`. Not run after a force-fail.
+    #[serde(default)]
+    pub on_failure: Vec<StepFile>,
+    /// Steps that run once if the run is cancelled. Cancelling again stops them.
+    #[serde(default)]
+    pub on_cancel: Vec<StepFile>,
     /// Limit on the whole run, counted from the moment it was triggered (waiting included),
     /// e.g. `30m`. When it passes, running steps are stopped and the run fails.
     #[serde(default)]
@@ -144,6 +163,30 @@ pub(crate) struct StepFile {
     #[serde(default)]
     #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
     pub sleep: Option<String>,
+    /// Steps that run at the same time; the run goes on when all of them are done. Each is a
+    /// full step (with its own id); they can read the steps before the group, not each other.
+    #[serde(default)]
+    pub parallel: Option<Vec<StepFile>>,
+    /// Run an exec step once per target: a list expression such as `params.hosts` (or
+    /// `"{{ params.hosts }}"`), or `{ workers: { role: web } }` for every connected worker
+    /// with those labels (each target then runs on its worker). Templates read the target as
+    /// `target`.
+    #[serde(default)]
+    pub foreach: Option<ForeachFile>,
+    /// With `foreach`: how many targets run at once, a count (`2`) or a share (`"25%"`);
+    /// default all. The next batch starts when one is done.
+    #[serde(default)]
+    #[schemars(with = "Option<CountOrPercentSchema>")]
+    pub batch: Option<CountOrPercentFile>,
+    /// With `foreach`: how many targets may fail before the step fails, a count or a share
+    /// (`"10%"`); default 0. Failed targets within it are tolerated.
+    #[serde(default)]
+    #[schemars(with = "Option<CountOrPercentSchema>")]
+    pub max_failures: Option<CountOrPercentFile>,
+    /// With `foreach`: how long to wait after each batch before the next, e.g. `5m`.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub bake: Option<String>,
     /// Maximum run time of one attempt, e.g. `250ms`, `10s`, `5m`, `1h30m`.
     #[serde(default)]
     #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
@@ -170,6 +213,46 @@ pub(crate) struct StepFile {
     pub with: Option<ExecWithFile>,
 }
 
+/// The targets of a `foreach`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum ForeachFile {
+    /// A list expression over `params` and earlier steps, e.g. `params.hosts`.
+    List(String),
+    /// Every connected worker with these labels.
+    Workers(WorkersSelectorFile),
+}
+
+/// `{ workers: { label: value, ... } }`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WorkersSelectorFile {
+    /// Labels a worker must have (all of them; values are templates over `params`); `{}`
+    /// selects every worker.
+    pub workers: BTreeMap<String, String>,
+}
+
+/// A count or a percentage, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum CountOrPercentFile {
+    /// A number of targets.
+    Count(u64),
+    /// `"25%"`.
+    Text(String),
+}
+
+/// The schema of a count or a percentage.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used.
+pub(crate) enum CountOrPercentSchema {
+    /// A number of targets.
+    Count(u32),
+    /// A share of the targets, e.g. `"25%"`.
+    Percent(#[schemars(regex(pattern = r"^[0-9]{1,3}%$"))] String),
+}
+
 /// An approval step: the run waits until enough approvers approve, one denies, or the
 /// timeout passes (which denies).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -191,6 +274,32 @@ pub(crate) struct ApprovalFile {
     /// What the approvers are asked (a template), shown in the CLI and in chat.
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// What a run does while a lock it needs is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LockWaitFile {
+    /// Wait, first come first served.
+    Queue,
+    /// End the run at once as cancelled.
+    Skip,
+}
+
+/// A rate budget as written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Budget", rename = "Budget")]
+pub(crate) struct BudgetFile {
+    /// Runs allowed per window (at least 1).
+    #[schemars(range(min = 1))]
+    pub max_runs: u32,
+    /// The window, e.g. `1h`.
+    #[schemars(regex(pattern = r"^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?$"))]
+    pub per: String,
+    /// What runs count together (a template over `params`), e.g. `{{ params.cluster }}`.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Retry policy of a step.

@@ -45,8 +45,8 @@ fn unknown_key_points_at_the_key_and_lists_allowed_keys() {
         5,
         5,
         "steps[0].bogus",
-        "unknown key `bogus`, expected one of id, action, approval, sleep, timeout, idempotent, when, retry, \
-         on_error, with",
+        "unknown key `bogus`, expected one of id, action, approval, sleep, parallel, foreach, batch, max_failures, \
+         bake, timeout, idempotent, when, retry, on_error, with",
     );
 }
 
@@ -156,7 +156,13 @@ steps:
             ),
             (7, 24, "steps[0].with.env.SELF", "the template reads steps.first; a step cannot read its own outputs"),
             (11, 27, "steps[1].with.command[1]", "the template reads steps.first.output; a step has: outputs, status"),
-            (11, 57, "steps[1].with.command[2]", "the template reads run.idd; the run has: id, runbook, trigger"),
+            (
+                11,
+                57,
+                "steps[1].with.command[2]",
+                "the template reads run.idd; the run has: id, runbook, version, trigger, principal, started_at, failed_step, \
+             error"
+            ),
             (
                 11,
                 74,
@@ -318,4 +324,68 @@ fn shell_templates_are_linted_not_refused() {
     assert_eq!(lint.len(), 1, "{lint:?}");
     assert_eq!((lint[0].line, lint[0].column, lint[0].field.as_str()), (6, 25, "steps[0].with.command[2]"));
     assert!(lint[0].message.contains("pass it through `env`"));
+}
+
+#[test]
+fn locks_budgets_and_handlers_are_checked() {
+    let text = format!("name: x\nlocks: [\"\"]\nsteps:\n{STEP}");
+    assert_one(runbook_errors(&text), 2, 9, "locks[0]", "expected a lock name");
+    let text = format!("name: x\nlocks: [\"db/{{{{ steps.a.outputs.x }}}}\"]\nsteps:\n{STEP}");
+    assert_one(runbook_errors(&text), 2, 16, "locks[0]", "the template reads steps.a");
+    let text = format!("name: x\nbudget: {{ max_runs: 0, per: 1h }}\nsteps:\n{STEP}");
+    assert_one(runbook_errors(&text), 2, 21, "budget.max_runs", "a budget of zero never runs");
+    let text = format!("name: x\nbudget: {{ max_runs: 1, per: soon }}\nsteps:\n{STEP}");
+    assert_one(runbook_errors(&text), 2, 29, "budget.per", "found \"soon\"");
+    let text = format!("name: x\nsteps:\n{STEP}on_failure:\n  - id: a\n    sleep: 1s\n");
+    assert_one(runbook_errors(&text), 7, 9, "on_failure[0].id", "duplicate step id \"a\": steps[0] already uses it");
+    // on_cancel steps may read main steps, not on_failure ones.
+    let text = format!(
+        "name: x\nsteps:\n{STEP}on_failure:\n  - id: f\n    sleep: 1s\non_cancel:\n  - id: c\n    action: exec\n    \
+         with: {{ command: [\"echo\", \"{{{{ steps.a.status }}}} {{{{ steps.f.status }}}}\"] }}\n"
+    );
+    let found = runbook_errors(&text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].2, "on_cancel[0].with.command[1]");
+    assert!(found[0].3.contains("the template reads steps.f"), "{found:#?}");
+}
+
+#[test]
+fn parallel_and_foreach_are_checked() {
+    let step = |body: &str| format!("name: x\nsteps:\n  - id: a\n{body}");
+    let text = step("    action: exec\n    batch: 2\n    with: { command: [echo] }\n");
+    assert_one(runbook_errors(&text), 5, 5, "steps[0].batch", "`batch` goes with `foreach`");
+    let text = step("    sleep: 1s\n    foreach: params.hosts\n");
+    let found = runbook_errors(&text);
+    assert!(found.iter().any(|f| f.2 == "steps[0].foreach" && f.3.contains("applies to `action` steps")), "{found:#?}");
+    let text = step("    action: exec\n    foreach: params.nope\n    with: { command: [echo, \"{{ target }}\"] }\n");
+    assert_one(runbook_errors(&text), 5, 14, "steps[0].foreach", "params.nope, which is not declared");
+    let text =
+        step("    action: exec\n    foreach: \"{{ [1, 2] }}\"\n    batch: \"150%\"\n    with: { command: [echo] }\n");
+    assert_one(runbook_errors(&text), 6, 12, "steps[0].batch", "expected a count or a percentage");
+    let text = step("    action: exec\n    foreach: \"{{ [1, 2] }}\"\n    batch: 0\n    with: { command: [echo] }\n");
+    assert_one(runbook_errors(&text), 6, 12, "steps[0].batch", "expected at least 1, found 0");
+    // `target` exists only inside a foreach.
+    let text = step("    action: exec\n    with: { command: [echo, \"{{ target }}\"] }\n");
+    assert_one(runbook_errors(&text), 5, 33, "steps[0].with.command[1]", "which only the steps of a `foreach` have");
+    // Parallel groups: two steps or more, nothing else on the group, no nesting, no reading
+    // a sibling.
+    let text = step("    parallel:\n      - id: b\n        sleep: 1s\n");
+    assert_one(runbook_errors(&text), 5, 7, "steps[0].parallel", "expected at least two steps");
+    let text = step(
+        "    when: \"true\"\n    parallel:\n      - id: b\n        sleep: 1s\n      - id: c\n        action: exec\n        \
+         with: { command: [echo, \"{{ steps.b.status }}\"] }\n",
+    );
+    let found = runbook_errors(&text);
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found[0].2, "steps[0].when");
+    assert!(found[0].3.contains("a parallel group has only `id` and `parallel`"), "{found:#?}");
+    assert_eq!(found[1].2, "steps[0].parallel[1].with.command[1]");
+    assert!(found[1].3.contains("the template reads steps.b"), "{found:#?}");
+    let ok = "name: x\nsteps:\n  - id: g\n    parallel:\n      - { id: b, sleep: 1s }\n      - { id: c, sleep: 1s }\n  \
+              - id: d\n    action: exec\n    with: { command: [echo, \"{{ steps.b.status }} {{ steps.c.status }}\"] }\n";
+    let rb = Runbook::parse("ok.yaml", ok).unwrap();
+    assert_eq!(
+        rb.steps.iter().map(|s| (s.id.as_str(), s.group.as_deref())).collect::<Vec<_>>(),
+        [("b", Some("g")), ("c", Some("g")), ("d", None)]
+    );
 }

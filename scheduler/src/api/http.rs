@@ -1,4 +1,5 @@
-//! The HTTP listener: `/healthz`, `/readyz` and `/metrics` (Prometheus text format).
+//! The HTTP listener: `/healthz`, `/readyz`, `/metrics` (Prometheus text format) and the
+//! chat-ops and Alertmanager hooks under `/hooks/` (see [`super::hooks`]).
 
 use axum::Router;
 use axum::extract::State;
@@ -15,6 +16,7 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::hooks::router())
         .with_state(api)
 }
 
@@ -80,5 +82,9 @@ async fn metrics(State(api): State<Api>) -> String {
             out.push_str(&format!("{metric}{{schedule=\"{name}\"}} {value}\n"));
         }
     }
+    let alert_keys = api.node.read(|s| s.alert_runs.len());
+    out.push_str("# HELP baton_alert_keys Alert dedupe keys with a run going or cooling down.\n");
+    out.push_str(&format!("# TYPE baton_alert_keys gauge\nbaton_alert_keys {alert_keys}\n"));
+    out.push_str(&api.hooks.metrics());
     out
 }

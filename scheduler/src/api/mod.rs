@@ -5,6 +5,7 @@
 //! from domain types through `baton_proto`.
 
 mod error;
+pub mod hooks;
 pub mod http;
 mod peer;
 mod runs;
@@ -49,6 +50,8 @@ pub struct Api {
     pub(crate) channels: Arc<std::sync::Mutex<BTreeMap<u64, Channel>>>,
     /// Approver groups from the configuration: group -> principals.
     pub(crate) groups: Arc<BTreeMap<String, Vec<String>>>,
+    /// The chat-ops and Alertmanager hooks: their configuration and what they remember.
+    pub(crate) hooks: Arc<hooks::Hooks>,
 }
 
 /// How long a request waits for the cluster (a leader, a commit, a read barrier).
@@ -450,6 +453,44 @@ fn schedule_to_pb(st: &crate::fsm::ScheduleState, now: i64) -> pb::Schedule {
             })
             .collect(),
         blackout_until_ms: s.blackout_at(now).map_or(0, |(_, until)| until),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lock_service_server::LockService for Api {
+    async fn list(&self, req: Request<pb::ListLocksRequest>) -> Result<Response<pb::ListLocksResponse>, Status> {
+        self.read_barrier(&req).await?;
+        let locks = self.node.read(|s| {
+            let mut locks: BTreeMap<String, pb::LockInfo> = s
+                .locks
+                .iter()
+                .map(|(name, (holder, since))| {
+                    let info =
+                        pb::LockInfo { name: name.clone(), holder: holder.clone(), since_ms: *since, waiting: vec![] };
+                    (name.clone(), info)
+                })
+                .collect();
+            let mut waiting: Vec<&baton_core::run::Run> = s
+                .active_runs
+                .iter()
+                .filter_map(|id| s.runs.get(id))
+                .filter(|r| !r.locks.is_empty() && !r.locks_held)
+                .collect();
+            waiting.sort_by_key(|r| r.created_at_ms);
+            for run in waiting {
+                for name in &run.locks {
+                    let info = locks.entry(name.clone()).or_insert_with(|| pb::LockInfo {
+                        name: name.clone(),
+                        holder: String::new(),
+                        since_ms: 0,
+                        waiting: vec![],
+                    });
+                    info.waiting.push(run.id.clone());
+                }
+            }
+            locks.into_values().collect()
+        });
+        Ok(Response::new(pb::ListLocksResponse { locks }))
     }
 }
 

@@ -62,7 +62,10 @@ impl Api {
                     if known.is_empty() { "none".to_string() } else { known.join(", ") }
                 ))
             })?;
-            entry.current().resolve_params(&params).map_err(|e| ApiError::invalid(param_field(&e), e.to_string()))?;
+            let rb = entry.current();
+            let resolved = rb.resolve_params(&params).map_err(|e| ApiError::invalid(param_field(&e), e.to_string()))?;
+            rb.render_locks(&resolved).map_err(|e| ApiError::invalid("params", format!("the run's locks: {e}")))?;
+            rb.budget_key(&resolved).map_err(|e| ApiError::invalid("params", format!("the run's budget: {e}")))?;
             Ok(None)
         })?;
         if let Some(id) = existing {
@@ -77,6 +80,158 @@ impl Api {
             other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
         }
     }
+}
+
+impl Api {
+    /// What a run would do (`baton plan`): everything `Start` checks, plus the rendered steps.
+    pub(crate) fn plan_run(&self, req: pb::StartRunRequest) -> Result<pb::RunPlan, ApiError> {
+        let params = params_from_wire(req.params);
+        let now = super::now_ms();
+        self.node.read(|s| {
+            let entry = s
+                .runbooks
+                .get(&req.runbook)
+                .ok_or_else(|| ApiError::NotFound(format!("runbook {:?} does not exist", req.runbook)))?;
+            let rb = entry.current();
+            let resolved = rb.resolve_params(&params).map_err(|e| ApiError::invalid(param_field(&e), e.to_string()))?;
+            let run = crate::fsm::planned_run(rb, resolved, now).map_err(|e| ApiError::invalid("params", e))?;
+            let ctx = crate::engine::template_context(&run);
+            let workers = self.workers.slots();
+            let budget = match (&rb.budget, &run.budget_key) {
+                (Some(b), Some(key)) => {
+                    let since = now.saturating_sub(i64::try_from(b.per_ms).unwrap_or(i64::MAX));
+                    let used = s
+                        .runs_newest_first(&rb.name)
+                        .take_while(|r| r.created_at_ms > since)
+                        .filter(|r| r.budget_key.as_ref() == Some(key))
+                        .count();
+                    let for_key = if key.is_empty() { String::new() } else { format!(" for {key:?}") };
+                    let per = baton_core::duration::format_duration(b.per_ms);
+                    format!("{used} of {} run(s) per {per} used{for_key}", b.max_runs)
+                }
+                _ => String::new(),
+            };
+            // Handler steps run after a failure or cancel: what they read of it is shown as such.
+            let mut handler_ctx = ctx.clone();
+            handler_ctx["run"]["failed_step"] = "<the failed step>".into();
+            handler_ctx["run"]["error"] = "<the run's error>".into();
+            let steps = run
+                .steps
+                .iter()
+                .filter_map(|step| {
+                    let ctx = if step.block == baton_core::run::Block::Main { &ctx } else { &handler_ctx };
+                    rb.step(&step.id).map(|spec| plan_step(step.block, spec, ctx, &workers))
+                })
+                .collect();
+            Ok(pb::RunPlan {
+                runbook: rb.name.clone(),
+                version: rb.version.clone(),
+                params_json: serde_json::to_string(&run.params).unwrap_or_default(),
+                locks: run
+                    .locks
+                    .iter()
+                    .map(|l| pb::PlannedLock {
+                        name: l.clone(),
+                        held_by: s.locks.get(l).map(|(h, _)| h.clone()).unwrap_or_default(),
+                    })
+                    .collect(),
+                budget,
+                refused: s.budget_refusal(rb, &run, now).unwrap_or_default(),
+                active_runs: s.runs_newest_first(&rb.name).filter(|r| s.active_runs.contains(&r.id)).count() as u32,
+                concurrency: rb.concurrency.unwrap_or(0),
+                timeout_ms: rb.timeout_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+                steps,
+            })
+        })
+    }
+}
+
+/// One step of a plan, rendered as far as the params allow.
+fn plan_step(
+    block: baton_core::run::Block,
+    spec: &baton_core::runbook::Step,
+    ctx: &serde_json::Value,
+    workers: &[crate::engine::WorkerSlot],
+) -> pb::PlannedStep {
+    use baton_core::runbook::{Action, ForeachOver};
+    let mut ctx = ctx.clone();
+    let mut targets_note = String::new();
+    let mut targets: Vec<serde_json::Value> = Vec::new();
+    if let Some(foreach) = &spec.foreach {
+        match &foreach.over {
+            ForeachOver::List(expr) => match baton_core::template::eval_list(expr, &ctx) {
+                Ok(items) => targets = items,
+                Err(e) => targets_note = format!("targets resolved at run time: {}", e.message),
+            },
+            ForeachOver::Workers(selector) => {
+                let labels: std::collections::BTreeMap<&String, String> = selector
+                    .iter()
+                    .map(|(k, v)| (k, baton_core::template::render_text(v, &ctx).unwrap_or_else(|_| v.clone())))
+                    .collect();
+                targets = workers
+                    .iter()
+                    .filter(|w| labels.iter().all(|(k, v)| w.labels.get(*k) == Some(v)))
+                    .map(|w| serde_json::Value::String(w.id.clone()))
+                    .collect();
+                targets_note = "the workers connected now; resolved again when the step starts".into();
+            }
+        }
+        ctx["target"] = targets.first().cloned().unwrap_or_else(|| "<target>".into());
+    }
+    let ctx = &ctx;
+    let mut step = pb::PlannedStep {
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+        batch_size: spec.foreach.as_ref().map_or(0, |f| f.batch.batch_of(targets.len()) as u32),
+        max_failures: spec.foreach.as_ref().map_or(0, |f| f.max_failures.tolerated_of(targets.len()) as u32),
+        bake_ms: spec.foreach.as_ref().map_or(0, |f| i64::try_from(f.bake_ms).unwrap_or(i64::MAX)),
+        targets_note,
+        group: spec.group.clone().unwrap_or_default(),
+        id: spec.id.clone(),
+        block: block.as_str().to_string(),
+        kind: spec.action.kind().to_string(),
+        when: spec.when.clone().unwrap_or_default(),
+        timeout_ms: spec.timeout_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
+        retry_attempts: spec.retry.map_or(1, |r| r.attempts),
+        idempotent: spec.idempotent,
+        ..Default::default()
+    };
+    if let Some(expr) = &spec.when {
+        step.when_result = match baton_core::template::eval_condition(expr, ctx) {
+            Ok(v) => v.to_string(),
+            Err(e) => format!("decided at run time ({})", e.message),
+        };
+    }
+    match &spec.action {
+        Action::Exec(exec) => match baton_core::template::render_exec(exec, ctx) {
+            Ok(r) => {
+                step.argv = r.argv.iter().map(|a| show_secrets(a)).collect();
+                step.env = r.env.iter().map(|(k, v)| (k.clone(), show_secrets(v))).collect();
+                step.workdir = r.workdir.as_deref().map(show_secrets).unwrap_or_default();
+            }
+            Err(e) => {
+                step.argv = exec.command.clone();
+                step.render_note = format!("rendered at run time: {}", e.message);
+            }
+        },
+        Action::Approval(a) => {
+            step.approval_prompt = match &a.message {
+                None => format!("Approve step {}?", spec.id),
+                Some(m) => baton_core::template::render_text(m, ctx).unwrap_or_else(|_| m.clone()),
+            };
+            step.approvers = a.approvers.clone();
+            step.min_approvals = a.min_approvals;
+            step.wait_ms = i64::try_from(a.timeout_ms).unwrap_or(i64::MAX);
+        }
+        Action::Sleep(sl) => step.wait_ms = i64::try_from(sl.duration_ms).unwrap_or(i64::MAX),
+    }
+    step
+}
+
+/// A rendered input with each secret marker shown as `<secret REFERENCE>`: a plan names
+/// secrets, it never holds them.
+fn show_secrets(text: &str) -> String {
+    let start = format!("{}baton-secret:", baton_core::template::SECRET_MARKER_START);
+    text.replace(&start, "<secret ").replace(baton_core::template::SECRET_MARKER_END, ">")
 }
 
 /// Longest principal name and decision reason accepted.
@@ -263,6 +418,11 @@ impl pb::run_service_server::RunService for Api {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn plan(&self, req: Request<pb::StartRunRequest>) -> Result<Response<pb::RunPlan>, Status> {
+        self.read_barrier(&req).await?;
+        Ok(Response::new(self.plan_run(req.into_inner())?))
     }
 
     async fn approve(&self, req: Request<pb::DecideRequest>) -> Result<Response<pb::Run>, Status> {

@@ -425,7 +425,9 @@ impl Registry {
     fn slots(&self) -> Vec<WorkerSlot> {
         self.order
             .iter()
-            .filter_map(|id| self.sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.1 }))
+            .filter_map(|id| {
+                self.sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.1, ..Default::default() })
+            })
             .collect()
     }
 }

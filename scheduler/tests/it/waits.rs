@@ -212,7 +212,7 @@ fn a_run_past_its_timeout_is_stopped_and_fails() {
 #[test]
 fn waits_need_no_worker_and_are_not_held_up_by_busy_ones() {
     let mut w = World::new(&[GATED, TIMED]);
-    w.workers = vec![WorkerSlot { id: "w1".into(), capacity: 1 }];
+    w.workers = vec![WorkerSlot { id: "w1".into(), capacity: 1, ..Default::default() }];
     w.start("busy", "timed");
     w.step();
     // The only worker slot is taken; a run whose next step is a sleep still goes on.

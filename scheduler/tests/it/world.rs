@@ -26,7 +26,7 @@ impl World {
             engine: Engine::new(),
             index: 0,
             now: 1_000,
-            workers: vec![WorkerSlot { id: "w1".into(), capacity: 4 }],
+            workers: vec![WorkerSlot { id: "w1".into(), capacity: 4, ..Default::default() }],
             leader_since: 0,
         };
         for text in runbooks {

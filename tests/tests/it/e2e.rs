@@ -223,6 +223,7 @@ fn a_reflection_client_lists_the_services() {
         "baton.v1.ScheduleService",
         "baton.v1.WorkerService",
         "baton.v1.ClusterService",
+        "baton.v1.LockService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == s), "{s} missing from {names:?}");

@@ -322,3 +322,151 @@ fn pause_resume_retry_and_force_fail_through_the_cli() {
     assert_eq!(run["steps"][0]["attempts"][0]["state"], "cancelled", "{run:#}");
     assert_eq!(run["state"], "failed");
 }
+
+const LOCKED: &str = r#"
+name: locked
+params:
+  cluster: { type: string, required: true }
+  nap: { type: string, default: "0" }
+locks: ["redis/{{ params.cluster }}"]
+budget: { max_runs: 3, per: 1h, key: "{{ params.cluster }}" }
+steps:
+  - id: work
+    action: exec
+    with: { command: ["sleep", "{{ params.nap }}"] }
+  - id: check
+    action: exec
+    with: { command: ["sh", "-c", "test \"$C\" != broken", "check"], env: { C: "{{ params.cluster }}" } }
+on_failure:
+  - id: page
+    action: exec
+    with: { command: ["echo", "paging: {{ run.failed_step }} failed ({{ run.error }})"] }
+"#;
+
+#[test]
+fn locks_budgets_and_on_failure_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("locked.yaml", LOCKED)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    // The first run holds redis/east while it sleeps; the second waits for it.
+    let first =
+        dev.json(&["run", "start", "locked", "-p", "cluster=east", "-p", "nap=2"])["id"].as_str().unwrap().to_string();
+    dev.wait_run(&first, Duration::from_secs(30), |r| r["locks_held"] == true);
+    let second = dev.json(&["run", "start", "locked", "-p", "cluster=east"])["id"].as_str().unwrap().to_string();
+    let locks = dev.json(&["lock", "list"]);
+    assert_eq!(locks[0]["name"], "redis/east", "{locks:#}");
+    assert_eq!(locks[0]["holder"], first.as_str());
+    assert_eq!(locks[0]["waiting"][0], second.as_str(), "{locks:#}");
+    assert!(dev.cli(&["lock", "list"]).stdout.contains("redis/east"));
+    let a = dev.wait_run(&first, Duration::from_secs(30), |r| r["state"] == "succeeded");
+    let b = dev.wait_run(&second, Duration::from_secs(30), |r| r["state"] == "succeeded");
+    assert!(
+        b["started_at_ms"].as_i64().unwrap() >= a["finished_at_ms"].as_i64().unwrap(),
+        "the second run started before the first released the lock: {a:#} {b:#}"
+    );
+    assert_eq!(dev.json(&["lock", "list"]).as_array().unwrap().len(), 0, "released at the end");
+
+    // The budget: a third run for east in the hour is fine, a fourth is refused.
+    let out = dev.cli(&["run", "start", "locked", "-p", "cluster=east", "--wait"]);
+    assert!(out.ok(), "{out}");
+    let out = dev.cli(&["run", "start", "locked", "-p", "cluster=east"]);
+    assert!(
+        !out.ok() && out.stderr.contains("budget exhausted: at most 3 run(s) of locked per 1h for \"east\""),
+        "{out}"
+    );
+
+    // A failing run pages through on_failure, then ends failed.
+    let out = dev.cli(&["run", "start", "locked", "-p", "cluster=broken", "--wait"]);
+    assert_eq!(out.code, 3, "{out}");
+    let id = out.stdout.split_whitespace().nth(1).unwrap().to_string();
+    let run = dev.json(&["run", "show", &id]);
+    assert_eq!(run["state"], "failed");
+    assert_eq!(run["steps"][2]["id"], "page");
+    assert_eq!(run["steps"][2]["block"], "on_failure");
+    assert_eq!(run["steps"][2]["stdout_tail"], "paging: check failed (step check exited with code 1)\n", "{run:#}");
+    assert!(dev.cli(&["run", "show", &id]).stdout.contains("page (on_failure)"));
+    // A lock that renders empty is refused before anything is stored.
+    let out = dev.cli(&["run", "start", "locked", "-p", "cluster= "]);
+    assert!(!out.ok() && out.stderr.contains("renders empty"), "{out}");
+}
+
+#[test]
+fn plan_shows_what_a_run_would_do_without_starting_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("locked.yaml", LOCKED), ("gated.yaml", GATED)]);
+    let dev = Dev::start_with(&tmp.path().join("data"), &lib, &["--group", "sre=bob"]);
+    let plan = dev.json(&["plan", "locked", "-p", "cluster=east"]);
+    assert_eq!(plan["locks"][0]["name"], "redis/east");
+    assert_eq!(plan["locks"][0]["held_by"], "");
+    assert_eq!(plan["budget"], "0 of 3 run(s) per 1h used for \"east\"");
+    assert_eq!(plan["steps"][0]["argv"], serde_json::json!(["sleep", "0"]));
+    assert_eq!(plan["steps"][1]["env"]["C"], "east");
+    assert_eq!(plan["steps"][2]["block"], "on_failure");
+    let page = plan["steps"][2]["argv"][1].as_str().unwrap();
+    assert_eq!(page, "paging: <the failed step> failed (<the run's error>)", "{plan:#}");
+    let plan = dev.json(&["plan", "gated", "-p", "service=api"]);
+    assert_eq!(plan["steps"][0]["kind"], "sleep");
+    assert_eq!(plan["steps"][1]["approval_prompt"], "Restart api?");
+    assert_eq!(plan["steps"][1]["min_approvals"], 2);
+    let text = dev.cli(&["plan", "gated"]);
+    assert!(text.ok() && text.stdout.contains("APPROVAL: Restart web?"), "{text}");
+    assert!(dev.json(&["run", "list"]).as_array().unwrap().is_empty(), "a plan starts nothing");
+    // The same validation as a start.
+    let out = dev.cli(&["plan", "locked"]);
+    assert!(!out.ok() && out.stderr.contains("missing required parameter `cluster`"), "{out}");
+    let out = dev.cli(&["plan", "nope"]);
+    assert!(!out.ok() && out.stderr.contains("runbook \"nope\" does not exist"), "{out}");
+}
+
+const FLEET: &str = r#"
+name: fleet
+params:
+  hosts: { type: list, default: [a, b, c] }
+  bad: { type: string, default: "none" }
+steps:
+  - id: prep
+    parallel:
+      - id: one
+        action: exec
+        with: { command: ["echo", "one"] }
+      - id: two
+        action: exec
+        with: { command: ["echo", "two"] }
+  - id: roll
+    action: exec
+    foreach: params.hosts
+    batch: 2
+    max_failures: 1
+    with:
+      command: ["sh", "-c", "test \"$T\" != \"$BAD\" && echo rolled $T", "roll"]
+      env: { T: "{{ target }}", BAD: "{{ params.bad }}" }
+  - id: after
+    action: exec
+    with: { command: ["echo", "roll {{ steps.roll.status }}"] }
+"#;
+
+#[test]
+fn parallel_groups_and_foreach_targets_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("fleet.yaml", FLEET)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    let run = dev.json(&["run", "start", "fleet", "--wait"]);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    let ids: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["one", "two", "roll[a]", "roll[b]", "roll[c]", "after"]);
+    assert_eq!(run["steps"][3]["stdout_tail"], "rolled b\n");
+    assert_eq!(run["steps"][4]["batch"], 1, "batch: 2 puts c in the second batch");
+    assert_eq!(run["steps"][5]["stdout_tail"], "roll succeeded\n");
+    // One target fails: within max_failures the run goes on, and later steps see it.
+    let run = dev.json(&["run", "start", "fleet", "-p", "bad=b", "--wait"]);
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["steps"][3]["state"], "failed");
+    assert_eq!(run["steps"][3]["failure_tolerated"], true);
+    assert_eq!(run["steps"][5]["stdout_tail"], "roll failed\n");
+    // The plan lists the targets and batches.
+    let plan = dev.json(&["plan", "fleet", "-p", "hosts=x,y,z,w"]);
+    assert_eq!(plan["steps"][2]["targets"], serde_json::json!(["x", "y", "z", "w"]));
+    assert_eq!(plan["steps"][2]["batch_size"], 2);
+    assert_eq!(plan["steps"][2]["env"]["T"], "x");
+    assert_eq!(plan["steps"][0]["group"], "prep");
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod campaign;
+mod chatops;
 mod cluster;
 mod crash;
 mod deploy;
