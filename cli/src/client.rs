@@ -33,6 +33,9 @@ pub enum RunCommand {
         /// Follow the run to its end; exit non-zero unless it succeeds.
         #[arg(long)]
         wait: bool,
+        /// Who starts it [default: $BATON_PRINCIPAL, else $USER].
+        #[arg(long = "as", env = "BATON_PRINCIPAL")]
+        principal: Option<String>,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -275,7 +278,12 @@ pub struct PlanArgs {
 pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let PlanArgs { runbook, params, opts } = args;
     let mut client = pb::run_service_client::RunServiceClient::new(channel(&opts).await?);
-    let request = pb::StartRunRequest { runbook, params: params.into_iter().collect(), idempotency_key: String::new() };
+    let request = pb::StartRunRequest {
+        runbook,
+        params: params.into_iter().collect(),
+        idempotency_key: String::new(),
+        principal: String::new(),
+    };
     let plan = client.plan(req(&opts, request)).await?.into_inner();
     if opts.output == OutputFormat::Json {
         let steps: Vec<serde_json::Value> = plan
@@ -301,6 +309,7 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             "params": serde_json::from_str::<serde_json::Value>(&plan.params_json).ok(),
             "locks": locks, "budget": plan.budget, "refused": plan.refused,
             "active_runs": plan.active_runs, "concurrency": plan.concurrency, "timeout_ms": plan.timeout_ms,
+            "guards": plan.guards,
             "steps": steps,
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -323,6 +332,9 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     }
     if plan.timeout_ms > 0 {
         println!("timeout:     {}", span(plan.timeout_ms));
+    }
+    for g in &plan.guards {
+        println!("guard:       {g} (before each step or batch)");
     }
     if !plan.refused.is_empty() {
         println!("REFUSED NOW: {}", plan.refused);
@@ -514,7 +526,7 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
 /// `baton run ...`
 pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        RunCommand::Start { runbook, params, idempotency_key, wait, opts } => {
+        RunCommand::Start { runbook, params, idempotency_key, wait, principal, opts } => {
             let ch = channel(&opts).await?;
             let mut client = pb::run_service_client::RunServiceClient::new(ch.clone());
             let resp = client
@@ -522,6 +534,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
                     runbook,
                     params: params.into_iter().collect(),
                     idempotency_key: idempotency_key.unwrap_or_default(),
+                    principal: principal_or_user(principal).unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -841,7 +854,8 @@ fn describe(run: &Run) -> String {
         out.push_str(&format!("missed ticks: {}\n", run.missed_ticks));
     }
     if run.paused {
-        out.push_str("paused:    yes (no further step starts until `baton run resume`)\n");
+        let why = if run.pause_reason.is_empty() { String::new() } else { format!(": {}", run.pause_reason) };
+        out.push_str(&format!("paused:    yes{why} (no further step starts until `baton run resume`)\n"));
     }
     if !run.locks.is_empty() {
         let held = if run.locks_held {

@@ -399,6 +399,9 @@ pub struct Run {
     /// go on).
     #[serde(default)]
     pub paused: bool,
+    /// Why it is paused (an operator's reason, or the guard that failed).
+    #[serde(default)]
+    pub pause_reason: String,
     /// The run's `timeout` counts from here: its creation, or the last operator retry.
     #[serde(default)]
     pub timer_start_ms: i64,

@@ -61,12 +61,44 @@ pub struct Runbook {
     /// The rate budget, if any.
     #[serde(default)]
     pub budget: Option<Budget>,
+    /// Checks before each step or batch starts.
+    #[serde(default)]
+    pub guards: Vec<Guard>,
     /// Steps run once when the run fails.
     #[serde(default)]
     pub on_failure: Vec<Step>,
     /// Steps run once when the run is cancelled.
     #[serde(default)]
     pub on_cancel: Vec<Step>,
+}
+
+/// A check made before each step or batch of a run starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// The name used in messages.
+    pub name: String,
+    /// What is checked.
+    pub check: GuardCheck,
+}
+
+/// What a guard checks. URLs and queries are templates over `params`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuardCheck {
+    /// An instant query that must return at least one sample, none of them 0.
+    Prometheus {
+        /// Prometheus server URL.
+        url: String,
+        /// PromQL.
+        query: String,
+    },
+    /// A GET that must answer `status` (any 2xx when `None`).
+    Http {
+        /// The URL.
+        url: String,
+        /// The expected status.
+        status: Option<u16>,
+    },
 }
 
 /// At most `max_runs` runs per `per_ms` for one key.
@@ -674,6 +706,53 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
             scope.check(&field, source, diags);
         }
     }
+    let mut guards = Vec::new();
+    for (i, g) in parsed.guards.into_iter().enumerate() {
+        let path = format!("guards[{i}]");
+        let check = match (g.prometheus, g.http) {
+            (Some(p), None) => {
+                check_guard_url(&format!("{path}.prometheus.url"), &p.url, &scope, diags);
+                if p.query.trim().is_empty() {
+                    diags.value(&format!("{path}.prometheus.query"), "expected a PromQL query, found an empty string");
+                } else {
+                    scope.check(&format!("{path}.prometheus.query"), &p.query, diags);
+                }
+                GuardCheck::Prometheus { url: p.url, query: p.query }
+            }
+            (None, Some(h)) => {
+                check_guard_url(&format!("{path}.http.url"), &h.url, &scope, diags);
+                if let Some(code) = h.status
+                    && !(100..=599).contains(&code)
+                {
+                    diags.value(
+                        &format!("{path}.http.status"),
+                        format!("expected an HTTP status (100 to 599), found {code}"),
+                    );
+                }
+                GuardCheck::Http { url: h.url, status: h.status }
+            }
+            (Some(_), Some(_)) => {
+                diags.key(
+                    &format!("{path}.http"),
+                    "a guard checks one thing: it has `prometheus`, so it cannot also have `http`",
+                );
+                continue;
+            }
+            (None, None) => {
+                diags.missing(
+                    &path,
+                    "prometheus",
+                    "missing `prometheus: { url, query }` or `http: { url }`: what the guard checks",
+                );
+                continue;
+            }
+        };
+        let name = g.name.unwrap_or_else(|| match &check {
+            GuardCheck::Prometheus { query, .. } => query.clone(),
+            GuardCheck::Http { url, .. } => url.clone(),
+        });
+        guards.push(Guard { name, check });
+    }
     let budget = parsed.budget.map(|b| {
         if b.max_runs == 0 {
             diags.value("budget.max_runs", "expected at least 1 run per window, found 0 (a budget of zero never runs)");
@@ -723,8 +802,21 @@ fn validate(parsed: RunbookFile, text: &str, diags: &mut Diagnostics<'_, '_>) ->
         locks: parsed.locks,
         skip_if_locked: parsed.lock_wait == Some(file::LockWaitFile::Skip),
         budget,
+        guards,
         on_failure,
         on_cancel,
+    }
+}
+
+/// A guard URL must be an absolute http(s) URL, or a template (checked when it renders).
+fn check_guard_url(field: &str, url: &str, scope: &TemplateScope<'_>, diags: &mut Diagnostics<'_, '_>) {
+    if url.contains("{{") || url.contains("{%") {
+        scope.check(field, url, diags);
+        return;
+    }
+    let ok = ["http://", "https://"].iter().any(|p| url.starts_with(p) && url.len() > p.len());
+    if !ok {
+        diags.value(field, format!("expected an http:// or https:// URL, found {url:?}"));
     }
 }
 

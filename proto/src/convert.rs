@@ -164,6 +164,7 @@ pub fn run_to_pb(r: &Run) -> pb::Run {
             failed_step: opt(&f.failed_step),
         }),
         handlers_ran: r.handlers_ran,
+        pause_reason: r.pause_reason.clone(),
     }
 }
 
@@ -284,6 +285,7 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
             })
             .transpose()?,
         handlers_ran: r.handlers_ran,
+        pause_reason: r.pause_reason,
     })
 }
 
@@ -416,6 +418,7 @@ mod tests {
             cancel_requested: false,
             timed_out: true,
             paused: true,
+            pause_reason: "guard x failed".into(),
             timer_start_ms: 4,
             principal: "alice".into(),
             locks: vec!["redis/a".into()],

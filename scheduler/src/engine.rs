@@ -49,6 +49,8 @@ pub struct View {
     /// How long a worker may stay away (after a leader change, or after it disconnected)
     /// before its attempts are lost.
     pub worker_grace_ms: i64,
+    /// Runs whose guards passed at their current gate: run id -> gate (see [`guard_gates`]).
+    pub guards_passed: HashMap<String, String>,
 }
 
 /// The engine's volatile memory: proposals not yet seen applied.
@@ -281,6 +283,12 @@ impl Engine {
                 lock_queue.extend(run.locks.iter().map(String::as_str));
                 continue;
             }
+            // Guards are checked (outside the engine) before each step or batch starts.
+            if let Some((gate, _)) = guard_gate(state, run_id)
+                && view.guards_passed.get(run_id.as_str()) != Some(&gate)
+            {
+                continue;
+            }
             let was_pending = run.state == RunState::Pending;
             for (si, attempts) in pending {
                 if needs_worker(si) && !workers_free {
@@ -312,6 +320,34 @@ impl Engine {
             }
         }
     }
+}
+
+/// Where a run with guards stands before its next step or batch: `(gate, guards)`, when
+/// every current step is still pending (none has started, so this is a boundary). The gate
+/// names the boundary (`step#attempts`); the guards must pass for it before the engine
+/// starts anything. Handler steps (`on_failure`, `on_cancel`) are not guarded.
+pub fn guard_gate<'s>(state: &'s State, run_id: &str) -> Option<(String, &'s [baton_core::runbook::Guard])> {
+    let run = state.runs.get(run_id)?;
+    let guards = &state.runbook_of(run)?.guards;
+    if guards.is_empty() || run.finishing.is_some() || run.paused || run.cancel_requested {
+        return None;
+    }
+    let current = current_steps(run);
+    let first = *current.first()?;
+    if !current.iter().all(|si| run.steps[*si].state == StepState::Pending) {
+        return None;
+    }
+    let step = &run.steps[first];
+    Some((format!("{}#{}", step.id, step.attempts.len()), guards))
+}
+
+/// Every run that waits at a guard gate: (run id, gate, guards).
+pub fn guard_gates(state: &State) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {
+    state
+        .active_runs
+        .iter()
+        .filter_map(|id| guard_gate(state, id).map(|(gate, guards)| (id.clone(), gate, guards.to_vec())))
+        .collect()
 }
 
 /// A run of a schedule that may not start yet: the schedule is in a `hold` blackout window,
@@ -590,6 +626,7 @@ steps:
                 .collect(),
             departed: HashMap::new(),
             worker_grace_ms: 1_000,
+            guards_passed: HashMap::new(),
         }
     }
 

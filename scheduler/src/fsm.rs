@@ -769,6 +769,7 @@ impl State {
             return Reply::Rejected(format!("run {run_id} {already}"));
         }
         run.paused = pause;
+        run.pause_reason = if pause { reason.clone() } else { String::new() };
         self.record(run_id, now, &by, if pause { "pause" } else { "resume" }, &reason);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
@@ -827,6 +828,7 @@ impl State {
         run.cancel_requested = false;
         run.timed_out = false;
         run.paused = false;
+        run.pause_reason.clear();
         run.timer_start_ms = now;
         self.active_runs.insert(run_id.to_string());
         self.record(run_id, now, &by, "retry", &format!("from step {from_id}"));
@@ -1467,6 +1469,7 @@ impl State {
             run.handlers_ran = true;
             run.cancel_requested = false;
             run.paused = false;
+            run.pause_reason.clear();
             run.state = RunState::Running;
             run.error = error;
             return;
@@ -1601,6 +1604,7 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         cancel_requested: false,
         timed_out: false,
         paused: false,
+        pause_reason: String::new(),
         timer_start_ms: 0,
         events: Vec::new(),
         principal: String::new(),
@@ -1698,6 +1702,7 @@ fn new_run(
         cancel_requested: false,
         timed_out: false,
         paused: false,
+        pause_reason: String::new(),
         timer_start_ms: 0,
         events: Vec::new(),
         principal: String::new(),

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod dispatch;
 pub mod engine;
 pub mod fsm;
+pub mod guards;
 pub mod raft;
 pub mod server;
 pub mod store;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use baton_core::command::Command;
+use baton_core::command::{Command, Op};
 use baton_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -143,7 +143,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
 
     tasks.push(tokio::spawn(run_effects(effects_rx, node.clone(), workers.clone(), run_changes)));
-    tasks.push(tokio::spawn(hooks::notify::run_notifier(api.clone(), shutdown.clone())));
+    tasks.push(tokio::spawn(hooks::run(api.clone(), shutdown.clone())));
     tasks.push(tokio::spawn(drive_engine(node.clone(), workers, config.worker_grace, shutdown.clone())));
 
     let grpc =
@@ -241,6 +241,8 @@ impl RunningServer {
 /// and at least every 200 ms (worker loss, capacity freed by a disconnect).
 async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, shutdown: CancellationToken) {
     let mut engine = Engine::new();
+    let guards = Arc::new(crate::guards::Guards::default());
+    let checker = Arc::new(crate::guards::Checker::new());
     let mut applied = node.subscribe_applied();
     let mut epoch = 0;
     let mut leader_since_ms = 0;
@@ -249,6 +251,7 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
         let status = node.status();
         if status.role != Role::Leader {
             engine.reset();
+            guards.retain(&Default::default());
             if was_leader {
                 // Workers must report to the new leader, not to a node that can no longer commit.
                 workers.close_all();
@@ -267,8 +270,33 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
                 workers: workers.slots(),
                 departed: workers.departed(),
                 worker_grace_ms: grace.as_millis() as i64,
+                guards_passed: guards.passed(),
             };
             let ops = node.read(|s| engine.decide(s, &view));
+            // Runs waiting at a guard gate: check their guards (a failure pauses the run).
+            let gates = node.read(|s| {
+                crate::engine::guard_gates(s)
+                    .into_iter()
+                    .map(|(id, gate, list)| {
+                        let ctx = crate::engine::template_context(&s.runs[&id]);
+                        (id, gate, list, ctx)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            guards.retain(&gates.iter().map(|(id, ..)| id.clone()).collect());
+            let proposer = node.clone();
+            let pause = move |run_id: String, reason: String| {
+                let node = proposer.clone();
+                async move {
+                    tracing::warn!(run = %run_id, "{reason}");
+                    let by = baton_core::command::Actor { principal: "baton".into(), via: "guard".into() };
+                    let op = Op::PauseRun { run_id, reason, by };
+                    if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
+                        tracing::debug!("pausing a run for its guard was not applied: {e}");
+                    }
+                }
+            };
+            crate::guards::check_gates(guards.clone(), checker.clone(), gates, pause).await;
             for op in ops {
                 let node = node.clone();
                 tokio::spawn(async move {

@@ -342,6 +342,7 @@ impl Api {
             runbook: RUNBOOK.into(),
             params: [("ledger".to_string(), ledger.to_string())].into_iter().collect(),
             idempotency_key: key.into(),
+            principal: String::new(),
         };
         match tokio::time::timeout(t, c.start(req)).await {
             Err(_) => Err("client timeout".into()),

@@ -72,6 +72,11 @@ pub(crate) struct RunbookFile {
     /// default: one key for the whole runbook); a trigger beyond it is refused.
     #[serde(default)]
     pub budget: Option<BudgetFile>,
+    /// Checks made before each step or batch of targets starts (so after each one ends): a
+    /// Prometheus query that must return a sample, or an HTTP probe that must answer. One that
+    /// fails pauses the run, with the reason; `baton run resume` checks again.
+    #[serde(default)]
+    pub guards: Vec<GuardFile>,
     /// Steps that run once if the run fails (after its last step failed or it timed out);
     /// they can read `run.failed_step` and `run.error`. Not run after a force-fail.
     #[serde(default)]
@@ -274,6 +279,46 @@ pub(crate) struct ApprovalFile {
     /// What the approvers are asked (a template), shown in the CLI and in chat.
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// A guard as written: exactly one of `prometheus` and `http`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Guard", rename = "Guard")]
+pub(crate) struct GuardFile {
+    /// A name for messages (default: the query or the URL).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Passes when the query (Prometheus HTTP API, instant query) returns at least one sample
+    /// and none is 0, e.g. `sum(rate(http_requests_errors_total[5m])) < 1`.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusGuardFile>,
+    /// Passes when a GET of the URL answers with the expected status.
+    #[serde(default)]
+    pub http: Option<HttpGuardFile>,
+}
+
+/// A Prometheus guard.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Prometheus guard", rename = "PrometheusGuard")]
+pub(crate) struct PrometheusGuardFile {
+    /// The Prometheus server, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// The PromQL query (a template over `params`).
+    pub query: String,
+}
+
+/// An HTTP probe guard.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "HTTP guard", rename = "HttpGuard")]
+pub(crate) struct HttpGuardFile {
+    /// The URL to GET (a template over `params`).
+    pub url: String,
+    /// The status that passes (default: any 2xx).
+    #[serde(default)]
+    pub status: Option<u16>,
 }
 
 /// What a run does while a lock it needs is held.

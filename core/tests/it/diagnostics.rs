@@ -389,3 +389,17 @@ fn parallel_and_foreach_are_checked() {
         [("b", Some("g")), ("c", Some("g")), ("d", None)]
     );
 }
+
+#[test]
+fn guards_are_checked() {
+    let text = format!("name: x\nsteps:\n{STEP}guards:\n  - http: {{ url: \"ftp://x\" }}\n");
+    assert_one(runbook_errors(&text), 7, 18, "guards[0].http.url", "expected an http:// or https:// URL");
+    let text = format!("name: x\nsteps:\n{STEP}guards:\n  - name: nothing\n");
+    assert_one(runbook_errors(&text), 7, 5, "guards[0].prometheus", "what the guard checks");
+    let text = format!("name: x\nsteps:\n{STEP}guards:\n  - prometheus: {{ url: \"http://p:9090\", query: \" \" }}\n");
+    assert_one(runbook_errors(&text), 7, 48, "guards[0].prometheus.query", "expected a PromQL query");
+    let text = format!("name: x\nsteps:\n{STEP}guards:\n  - http: {{ url: \"http://h/\", status: 999 }}\n");
+    assert_one(runbook_errors(&text), 7, 39, "guards[0].http.status", "expected an HTTP status");
+    let text = format!("name: x\nsteps:\n{STEP}guards:\n  - http: {{ url: \"{{{{ params.nope }}}}\" }}\n");
+    assert_one(runbook_errors(&text), 7, 22, "guards[0].http.url", "params.nope, which is not declared");
+}

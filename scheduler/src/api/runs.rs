@@ -72,7 +72,12 @@ impl Api {
             return Ok(pb::StartRunResponse { run: Some(self.get_run(&id)?), deduplicated: true });
         }
         let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let op = Op::StartRun { run_id, runbook: req.runbook, params, idempotency_key: key };
+        let op = if req.principal.is_empty() {
+            Op::StartRun { run_id, runbook: req.runbook, params, idempotency_key: key }
+        } else {
+            let by = actor(&req.principal, "api", false)?;
+            Op::StartRunAs { run_id, runbook: req.runbook, params, idempotency_key: key, by }
+        };
         match self.propose(op).await? {
             Reply::Run { run_id, deduplicated } => {
                 Ok(pb::StartRunResponse { run: Some(self.get_run(&run_id)?), deduplicated })
@@ -141,6 +146,23 @@ impl Api {
                 concurrency: rb.concurrency.unwrap_or(0),
                 timeout_ms: rb.timeout_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
                 steps,
+                guards: rb
+                    .guards
+                    .iter()
+                    .map(|g| {
+                        let render =
+                            |t: &str| baton_core::template::render_text(t, &ctx).unwrap_or_else(|_| t.to_string());
+                        match &g.check {
+                            baton_core::runbook::GuardCheck::Prometheus { url, query } => {
+                                format!("{}: prometheus {} {}", g.name, render(url), render(query))
+                            }
+                            baton_core::runbook::GuardCheck::Http { url, status } => {
+                                let want = status.map_or("2xx".to_string(), |s| s.to_string());
+                                format!("{}: GET {} expects {want}", g.name, render(url))
+                            }
+                        }
+                    })
+                    .collect(),
             })
         })
     }

@@ -50,6 +50,7 @@ async fn restart_recovers_state_from_the_snapshot_and_the_log_after_it() {
             runbook: "demo".into(),
             params: [("n".to_string(), n.to_string())].into(),
             idempotency_key: format!("k{n}"),
+            principal: String::new(),
         };
         client.start(req).await.unwrap();
     }
@@ -74,6 +75,7 @@ async fn restart_recovers_state_from_the_snapshot_and_the_log_after_it() {
         runbook: "demo".into(),
         params: [("n".to_string(), "3".to_string())].into(),
         idempotency_key: "k3".into(),
+        principal: String::new(),
     };
     let resp = client.start(req).await.unwrap().into_inner();
     assert!(resp.deduplicated);

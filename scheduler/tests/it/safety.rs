@@ -207,3 +207,46 @@ fn on_cancel_runs_once_and_a_second_cancel_stops_it() {
     assert_eq!(w.run_state("r2"), RunState::Failed);
     assert!(w.step().is_empty());
 }
+
+const GUARDED: &str = r#"
+name: guarded
+steps:
+  - id: one
+    action: exec
+    with: { command: ["one"] }
+  - id: two
+    action: exec
+    with: { command: ["two"] }
+guards:
+  - name: error rate
+    prometheus: { url: "http://prometheus:9090", query: "rate(errors[5m]) < 1" }
+"#;
+
+#[test]
+fn a_run_with_guards_waits_at_each_gate_until_they_pass() {
+    use baton_scheduler::engine::{guard_gate, guard_gates};
+    let mut w = World::new(&[GUARDED]);
+    w.start("r1", "guarded");
+    // At the first gate: nothing starts until the guards passed for it.
+    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("one#0".to_string()));
+    assert_eq!(guard_gates(&w.state)[0].2[0].name, "error rate");
+    assert!(assigned(&w.step()).is_empty());
+    w.guards_passed.insert("r1".into(), "one#0".into());
+    assert_eq!(assigned(&w.step()), ["r1"]);
+    // While a step runs there is no gate; when it ends, the next one is a new gate.
+    assert!(guard_gate(&w.state, "r1").is_none());
+    let a = w.active("r1");
+    w.finish(a, AttemptState::Succeeded);
+    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("two#0".to_string()));
+    assert!(assigned(&w.step()).is_empty(), "the pass was for the first gate only");
+    // A failed guard pauses the run (the leader proposes it, with the reason); resuming
+    // brings the run back to the same gate, to be checked again.
+    let reason = "guard \"error rate\" failed before step two: the query returned no sample";
+    w.apply(Op::PauseRun { run_id: "r1".into(), reason: reason.into(), by: by("baton") });
+    assert_eq!(w.state.runs["r1"].pause_reason, reason);
+    assert!(guard_gate(&w.state, "r1").is_none(), "a paused run is not checked");
+    w.apply(Op::ResumeRun { run_id: "r1".into(), by: by("ops") });
+    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("two#0".to_string()));
+    w.guards_passed.insert("r1".into(), "two#0".into());
+    assert_eq!(assigned(&w.step()), ["r1"]);
+}

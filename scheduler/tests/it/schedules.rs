@@ -130,6 +130,7 @@ fn view(w: &World) -> baton_scheduler::engine::View {
         workers: w.workers.clone(),
         departed: Default::default(),
         worker_grace_ms: 1_000,
+        guards_passed: Default::default(),
     }
 }
 

@@ -1298,6 +1298,7 @@ impl Sim {
                 workers: live.registry.slots(),
                 departed: live.registry.departed.clone(),
                 worker_grace_ms: WORKER_GRACE_MS,
+                guards_passed: Default::default(),
             };
             let ops = live.engine.decide(&live.state, &view);
             for op in ops {

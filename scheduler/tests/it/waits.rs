@@ -179,6 +179,7 @@ fn a_run_past_its_timeout_is_stopped_and_fails() {
         workers: w.workers.clone(),
         departed: HashMap::new(),
         worker_grace_ms: 1_000,
+        guards_passed: Default::default(),
     };
     let ops = w.engine.decide(&w.state, &view);
     assert_eq!(ops, vec![Op::TimeoutRun { run_id: "r1".into() }]);

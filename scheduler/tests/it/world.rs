@@ -17,6 +17,8 @@ pub struct World {
     pub workers: Vec<WorkerSlot>,
     /// When the simulated leader took over (ticks due before it were missed).
     pub leader_since: i64,
+    /// Guard gates that passed (the leader's checks, outside the engine).
+    pub guards_passed: std::collections::HashMap<String, String>,
 }
 
 impl World {
@@ -28,6 +30,7 @@ impl World {
             now: 1_000,
             workers: vec![WorkerSlot { id: "w1".into(), capacity: 4, ..Default::default() }],
             leader_since: 0,
+            guards_passed: Default::default(),
         };
         for text in runbooks {
             w.apply(Op::ApplyRunbook { runbook: Runbook::parse("rb.yaml", text).unwrap() });
@@ -54,6 +57,7 @@ impl World {
             workers: self.workers.clone(),
             departed: HashMap::new(),
             worker_grace_ms: 1_000,
+            guards_passed: self.guards_passed.clone(),
         };
         let ops = self.engine.decide(&self.state, &view);
         for op in ops.clone() {

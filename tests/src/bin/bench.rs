@@ -509,6 +509,7 @@ async fn start_runs(
                         runbook: RUNBOOK.into(),
                         params: Default::default(),
                         idempotency_key: key.clone(),
+                        principal: String::new(),
                     };
                     let sent_unix = unix_ms();
                     let sent = Instant::now();
@@ -1213,6 +1214,7 @@ async fn baton_probe_write(addr: String, i: usize) -> bool {
         runbook: PROBE_RUNBOOK.into(),
         params: Default::default(),
         idempotency_key: format!("probe-{i}"),
+        principal: String::new(),
     };
     runs_client(ch).start(req).await.is_ok()
 }

@@ -313,15 +313,26 @@ fn slack_signatures_agree_with_slack_sdk_and_bad_requests_start_nothing() {
 fn a_slash_command_runs_a_runbook_through_an_approval_given_in_slack() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = scratch_library(tmp.path(), &[("gated.yaml", GATED)]);
+    // The receiver is the command's response_url and, for notifications, the incoming webhook.
+    let receiver = Receiver::start();
+    let command_url = format!("{}/command", receiver.url);
+    let webhook = format!("{}/webhook", receiver.url);
     let dev = Dev::start_with_env(
         &tmp.path().join("data"),
         &lib,
-        &["--chat-user", "slack:U_ALICE=alice", "--chat-user", "slack:U_BOB=bob", "--group", "sre=alice"],
+        &[
+            "--chat-user",
+            "slack:U_ALICE=alice",
+            "--chat-user",
+            "slack:U_BOB=bob",
+            "--group",
+            "sre=alice",
+            "--slack-webhook",
+            &webhook,
+        ],
         &[("BATON_SLACK_SIGNING_SECRET", SECRET)],
     );
     let mut sdk = SlackSdk::start();
-    let receiver = Receiver::start();
-    let command_url = format!("{}/command", receiver.url);
 
     let body = slash("U_BOB", "run gated service=\"web 1\"", &command_url, "trigger-1");
     let response = post_signed(&mut sdk, &dev, "/hooks/slack/commands", SECRET, now_secs(), &body);
@@ -375,6 +386,19 @@ fn a_slash_command_runs_a_runbook_through_an_approval_given_in_slack() {
     let run = dev.json(&["run", "show", &run_id]);
     assert_eq!(run["state"], "succeeded", "{run:#}");
     assert_eq!(run["steps"][1]["stdout_tail"], "restarted web 1 for alice\n");
+    // The leader notified the webhook of each change, once: started, waiting (with buttons), succeeded.
+    let notified = |what: &'static str| {
+        let id = run_id.clone();
+        move |r: &http::Received| {
+            r.path == "/webhook" && r.body["text"].as_str().is_some_and(|t| t.contains(&id) && t.contains(what))
+        }
+    };
+    receiver.wait_for("notifying the start", WAIT, notified("started (started by bob)"));
+    let waiting = receiver.wait_for("notifying the approval", WAIT, notified("waits for approval of step `gate`"));
+    assert_eq!(waiting.body["blocks"][1]["elements"][0]["action_id"], "baton_approve");
+    receiver.wait_for("notifying the end", WAIT, notified("succeeded"));
+    let more: Vec<_> = receiver.drain().into_iter().filter(|r| r.path == "/webhook").collect();
+    assert!(more.is_empty(), "each change is notified once: {more:#?}");
     let decision = &run["steps"][0]["decisions"][0];
     assert_eq!((decision["principal"].as_str(), decision["via"].as_str()), (Some("alice"), Some("slack")));
     let actions: Vec<(String, String, String)> = run["events"]
@@ -429,6 +453,9 @@ fn mattermost_commands_check_the_token_and_buttons_carry_a_signature() {
     };
     let wrong = command("guess", "run gated service=db");
     assert_eq!((wrong.status, wrong.body.trim()), (401, "wrong or missing slash command token"));
+    let body = form(&[("token", token), ("user_id", "mmalice"), ("text", "run gated service=db")]);
+    let wrong_header = http::post(&dev.http, path, &[("Authorization", "Token guess")], body.as_bytes());
+    assert_eq!(wrong_header.status, 401, "a wrong header token is refused whatever the form says");
     assert!(runs_of(&dev, "gated").is_empty());
 
     let response = command(token, "run gated service=db");
@@ -612,6 +639,41 @@ fn wait_until(what: &str, am: &Alertmanager, dev: &Dev, mut done: impl FnMut() -
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_bad_rules_file_stops_the_server_with_its_location() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("bad-rules.yaml");
+    std::fs::write(&rules, RULES.replace("severity =~ \"critical|page\"", "severity =~ \"(\"")).unwrap();
+    let mut child = Command::new(baton_tests::baton_bin())
+        .args(["dev", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--runbooks")
+        .arg(tmp.path())
+        .arg("--alert-rules")
+        .arg(&rules)
+        .env("BATON_ALERTMANAGER_TOKEN", "t")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("baton dev started with a bad rules file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    let at = format!("{}:4:", rules.display());
+    assert!(stderr.contains(&at) && stderr.contains("rules[0].matchers[1]"), "{stderr}");
 }
 
 #[test]

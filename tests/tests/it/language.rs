@@ -450,8 +450,10 @@ fn parallel_groups_and_foreach_targets_through_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = scratch_library(tmp.path(), &[("fleet.yaml", FLEET)]);
     let dev = Dev::start(&tmp.path().join("data"), &lib);
-    let run = dev.json(&["run", "start", "fleet", "--wait"]);
+    let run = dev.json(&["run", "start", "fleet", "--as", "zoe", "--wait"]);
     assert_eq!(run["state"], "succeeded", "{run:#}");
+    assert_eq!(run["principal"], "zoe");
+    assert_eq!(run["events"][0]["action"], "start");
     let ids: Vec<&str> = run["steps"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["one", "two", "roll[a]", "roll[b]", "roll[c]", "after"]);
     assert_eq!(run["steps"][3]["stdout_tail"], "rolled b\n");

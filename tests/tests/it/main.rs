@@ -7,6 +7,7 @@ mod cluster;
 mod crash;
 mod deploy;
 mod e2e;
+mod guards;
 mod language;
 mod membership;
 mod preview;

@@ -133,7 +133,13 @@ impl Matcher {
         };
         let regex = match op {
             MatchOp::Regex | MatchOp::NotRegex => {
-                Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| format!("{text:?}: not a valid regex: {e}"))?)
+                let regex = Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                    // The regex crate explains on several lines; its last line says what is wrong.
+                    let why = e.to_string();
+                    let why = why.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default().to_string();
+                    format!("{text:?}: not a valid regex ({})", why.trim_start_matches("error: "))
+                })?;
+                Some(regex)
             }
             _ => None,
         };
@@ -215,7 +221,18 @@ impl AlertRules {
     /// Parses and validates a rules file; every problem is reported as `file:line:column:
     /// field: message`, one per line.
     pub fn parse(file: &str, text: &str) -> Result<AlertRules, String> {
-        let parsed: RulesFile = serde_saphyr::from_str(text).map_err(|e| format!("{file}: {e}"))?;
+        let mut options = serde_saphyr::Options::default();
+        // YAML 1.2 booleans, and one-line errors, as for runbooks.
+        options.strict_booleans = true;
+        options.with_snippet = false;
+        let parsed: RulesFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            use serde_saphyr::MessageFormatter;
+            let message = serde_saphyr::UserMessageFormatter.format_message(&e).into_owned();
+            match e.location() {
+                Some(at) => format!("{file}:{}:{}: {message}", at.line(), at.column()),
+                None => format!("{file}: {message}"),
+            }
+        })?;
         let mut problems = Vec::new();
         let mut rules = Vec::new();
         let mut names = BTreeSet::new();

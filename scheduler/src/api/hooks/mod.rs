@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use super::Api;
 
@@ -317,6 +318,8 @@ pub struct Hooks {
     pub(crate) counters: Counters,
     /// Which unconfigured hooks have been reported in the log.
     warned: [AtomicBool; 3],
+    /// Cancelled when the server stops: tasks following runs for chat end with it.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl fmt::Debug for Hooks {
@@ -376,6 +379,7 @@ impl Hooks {
             outbound: outbound::Outbound::new(),
             counters: Counters::default(),
             warned: Default::default(),
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -438,6 +442,15 @@ impl Hooks {
         }
         out
     }
+}
+
+/// The hooks' background work until `shutdown`: the leader's notifier; then the tasks that
+/// follow runs for chat are stopped too.
+pub async fn run(api: Api, shutdown: CancellationToken) {
+    // Cancels the hooks' token when this task ends, or is aborted by the server's stop.
+    let _stop = api.hooks.shutdown.clone().drop_guard();
+    notify::run_notifier(api, shutdown.clone()).await;
+    shutdown.cancelled().await;
 }
 
 /// True when `given` equals `expected`, compared in constant time (both are first reduced to

@@ -256,7 +256,7 @@ pub(crate) async fn post(api: &Api, url: &str, body: &serde_json::Value) -> bool
 }
 
 /// Follows a run started by a chat command and posts the approvals it waits for and its end
-/// to the command's `response_url`, for [`FOLLOW_FOR`] at most.
+/// to the command's `response_url`, for [`FOLLOW_FOR`] at most (or until the server stops).
 pub fn spawn_follow(api: Api, run_id: String, target: ReplyTarget) {
     tokio::spawn(async move {
         // Subscribe before the first read, so no change between the two is missed.
@@ -277,7 +277,11 @@ pub fn spawn_follow(api: Api, run_id: String, target: ReplyTarget) {
                 return;
             }
             loop {
-                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                let changed = tokio::select! {
+                    _ = api.hooks.shutdown.cancelled() => return,
+                    c = tokio::time::timeout_at(deadline, changes.recv()) => c,
+                };
+                match changed {
                     Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return,
                     Ok(Ok(changed)) if changed != run_id => continue,
                     Ok(_) => break,
@@ -394,7 +398,11 @@ impl Notifier {
 
     fn news(&mut self, run: &Run) -> Vec<(NotifyEvent, Option<String>)> {
         if self.ended_set.contains(&run.id) {
-            return Vec::new();
+            if run.state.is_terminal() {
+                return Vec::new();
+            }
+            // An operator retried it: it is news again.
+            self.ended_set.remove(&run.id);
         }
         if run.state.is_terminal() && !self.said.contains_key(&run.id) && run.finished_at_ms < now_ms() - RECENT_MS {
             // Ended long ago (a late change to an old run): nothing to announce.
@@ -471,6 +479,11 @@ mod tests {
         failed.finished_at_ms = now_ms();
         assert_eq!(notifier.news(&failed), vec![(NotifyEvent::Failed, None)]);
         assert!(notifier.news(&failed).is_empty(), "an end is said once");
+        // Retried by an operator: its changes are news again.
+        let mut retried = failed.clone();
+        retried.state = RunState::Running;
+        retried.steps[0].state = StepState::Succeeded;
+        assert_eq!(notifier.news(&retried), vec![(NotifyEvent::Started, None)]);
     }
 
     #[test]
