@@ -199,7 +199,7 @@ impl Portion {
 }
 
 /// When and how often a failed step is attempted again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included.
     pub attempts: u32,
@@ -207,9 +207,30 @@ pub struct RetryPolicy {
     pub backoff_ms: u64,
     /// Longest wait between attempts, in ms.
     pub max_backoff_ms: u64,
+    /// Which failures are retried: a failure (non-zero exit, signal, could not start)...
+    #[serde(default = "yes")]
+    pub on_failure: bool,
+    /// ...and a timeout.
+    #[serde(default = "yes")]
+    pub on_timeout: bool,
+    /// When not empty, only failures with one of these exit codes are retried.
+    #[serde(default)]
+    pub exit_codes: Vec<i32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RetryPolicy {
+    /// Whether an attempt that ended so is retried (if attempts are left).
+    pub fn retries(&self, timed_out: bool, exit_code: Option<i32>) -> bool {
+        if timed_out {
+            return self.on_timeout;
+        }
+        self.on_failure && (self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c)))
+    }
+
     /// The wait before attempt `next` (2 for the first retry), in ms.
     pub fn backoff_before(&self, next: u32) -> u64 {
         let doublings = next.saturating_sub(2).min(32);
@@ -1005,7 +1026,7 @@ fn validate_step(
                 );
         }
     }
-    let retry = match step.retry {
+    let retry = match &step.retry {
         None => None,
         Some(r) => {
             let mut duration = |key: &str, value: Option<&str>, default: u64| match value.map(parse_duration) {
@@ -1031,7 +1052,26 @@ fn validate_step(
                 diags.value(&join_key(&field("retry"), "max_backoff"), "expected max_backoff to be at least backoff");
                 ok = false;
             }
-            Some(RetryPolicy { attempts: r.attempts, backoff_ms, max_backoff_ms })
+            let (on_failure, on_timeout) = match &r.on {
+                None => (true, true),
+                Some(kinds) if kinds.is_empty() => {
+                    diags.value(&join_key(&field("retry"), "on"), "expected failure and/or timeout, found []");
+                    ok = false;
+                    (true, true)
+                }
+                Some(kinds) => {
+                    (kinds.contains(&file::RetryOnFile::Failure), kinds.contains(&file::RetryOnFile::Timeout))
+                }
+            };
+            let exit_codes = r.exit_codes.clone().unwrap_or_default();
+            if !exit_codes.is_empty() && !on_failure {
+                diags.key(
+                    &join_key(&field("retry"), "exit_codes"),
+                    "`exit_codes` select failures to retry, but `on` leaves failures out",
+                );
+                ok = false;
+            }
+            Some(RetryPolicy { attempts: r.attempts, backoff_ms, max_backoff_ms, on_failure, on_timeout, exit_codes })
         }
     };
     let continue_on_error = step.on_error == Some(file::OnErrorFile::Continue);

@@ -1273,7 +1273,7 @@ impl State {
         };
         let spec = self.spec_of(&run_id, si).cloned();
         let idempotent = spec.as_ref().is_some_and(|s| s.idempotent);
-        let retry = spec.as_ref().and_then(|s| s.retry);
+        let retry = spec.as_ref().and_then(|s| s.retry.clone());
         let tolerated = spec.as_ref().is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
         let cancel_requested = run.cancel_requested;
@@ -1339,9 +1339,12 @@ impl State {
                 };
                 step.error = r.error.or_else(|| Some(what.clone()));
                 let made = (step.attempts.len() as u32).saturating_sub(step.retry_base);
+                let timed_out = attempt_state == AttemptState::TimedOut;
                 match retry {
                     // Retried by policy: a new attempt after the backoff.
-                    Some(policy) if made < policy.attempts && !cancel_requested => {
+                    Some(policy)
+                        if made < policy.attempts && !cancel_requested && policy.retries(timed_out, r.exit_code) =>
+                    {
                         step.not_before_ms = now.saturating_add(policy.backoff_before(made + 1) as i64);
                         (StepState::Pending, None)
                     }

@@ -360,6 +360,23 @@ pub(crate) struct RetryFile {
     /// Longest wait between attempts (default 5m).
     #[serde(default)]
     pub max_backoff: Option<String>,
+    /// Which failures are retried: `[failure, timeout]` (the default), `[failure]` or
+    /// `[timeout]`. A lost attempt is never retried here (see `idempotent`).
+    #[serde(default)]
+    pub on: Option<Vec<RetryOnFile>>,
+    /// Retry only failures with one of these exit codes, e.g. `[75, 111]`.
+    #[serde(default)]
+    pub exit_codes: Option<Vec<i32>>,
+}
+
+/// A kind of failure a retry policy retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RetryOnFile {
+    /// Non-zero exit, killed by a signal, or could not start.
+    Failure,
+    /// Ran past its `timeout`.
+    Timeout,
 }
 
 /// What a step's failure does to its run.

@@ -213,7 +213,7 @@ fn plan_step(
         kind: spec.action.kind().to_string(),
         when: spec.when.clone().unwrap_or_default(),
         timeout_ms: spec.timeout_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
-        retry_attempts: spec.retry.map_or(1, |r| r.attempts),
+        retry_attempts: spec.retry.as_ref().map_or(1, |r| r.attempts),
         idempotent: spec.idempotent,
         ..Default::default()
     };

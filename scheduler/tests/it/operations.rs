@@ -183,3 +183,57 @@ fn force_fail_ends_a_running_run_at_once_and_records_the_late_result() {
     let op = Op::PauseRun { run_id: "r1".into(), reason: String::new(), by: by("gina") };
     assert!(rejected(w.apply(op).0).contains("only a run that has not ended can be paused"));
 }
+
+const PICKY: &str = r#"
+name: picky
+steps:
+  - id: slow
+    action: exec
+    retry: { attempts: 3, backoff: 1s, on: [timeout] }
+    with: { command: ["slow"] }
+  - id: flaky
+    action: exec
+    retry: { attempts: 3, backoff: 1s, exit_codes: [75] }
+    with: { command: ["flaky"] }
+"#;
+
+fn report(w: &mut World, attempt_id: u64, state: AttemptState, exit_code: Option<i32>) {
+    w.apply(Op::AttemptFinished {
+        attempt_id,
+        state,
+        exit_code,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        outputs: Default::default(),
+        error: None,
+    });
+}
+
+#[test]
+fn retry_policies_say_which_failures_are_retried() {
+    let mut w = World::new(&[PICKY]);
+    // `on: [timeout]`: a timeout is retried, a plain failure is not.
+    w.start("r1", "picky");
+    w.step();
+    let a = w.active("r1");
+    report(&mut w, a, AttemptState::TimedOut, None);
+    assert_eq!(w.step_state("r1", 0), StepState::Pending, "retried after a timeout");
+    w.advance(1_000);
+    let a = w.active("r1");
+    report(&mut w, a, AttemptState::Failed, Some(1));
+    assert_eq!(w.run_state("r1"), RunState::Failed, "a failure is not retried under on: [timeout]");
+    // `exit_codes: [75]`: exit 75 is retried, exit 1 is not.
+    w.start("r2", "picky");
+    w.step();
+    let a = w.active("r2");
+    report(&mut w, a, AttemptState::Succeeded, Some(0));
+    w.step();
+    let a = w.active("r2");
+    report(&mut w, a, AttemptState::Failed, Some(75));
+    assert_eq!(w.step_state("r2", 1), StepState::Pending, "exit 75 is retried");
+    w.advance(1_000);
+    let a = w.active("r2");
+    report(&mut w, a, AttemptState::Failed, Some(1));
+    assert_eq!(w.run_state("r2"), RunState::Failed);
+    assert_eq!(w.state.runs["r2"].steps[1].attempts.len(), 2);
+}

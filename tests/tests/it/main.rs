@@ -10,6 +10,7 @@ mod e2e;
 mod guards;
 mod language;
 mod membership;
+mod policies;
 mod preview;
 mod restart;
 mod schedule_ops;
