@@ -115,3 +115,37 @@ fn catch_up_latest_runs_the_last_tick_missed_while_down() {
         missed && caught
     });
 }
+
+#[test]
+fn buffer_one_and_cancel_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sleepy2 = SLEEPY.replace("name: sleepy", "name: sleepy2");
+    let buffered = "schedule: buffered\nrunbook: sleepy\ncron: \"* * * * * *\"\noverlap: buffer_one\n";
+    let cancel = "schedule: cancelling\nrunbook: sleepy2\ncron: \"* * * * * *\"\noverlap: cancel_other\n";
+    let lib = scratch_library(
+        tmp.path(),
+        &[("sleepy.yaml", SLEEPY), ("sleepy2.yaml", &sleepy2), ("buffered.yaml", buffered), ("cancel.yaml", cancel)],
+    );
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    wait_until("four ticks of `buffered`", Duration::from_secs(30), || runs(&dev, "sleepy").len() >= 4);
+    wait_until("three ticks of `cancelling`", Duration::from_secs(30), || runs(&dev, "sleepy2").len() >= 3);
+    assert!(dev.cli(&["schedule", "pause", "buffered"]).ok());
+    assert!(dev.cli(&["schedule", "pause", "cancelling"]).ok());
+    // buffer_one: one running, one waiting for it, every other tick skipped with the reason.
+    let list = runs(&dev, "sleepy");
+    let count = |state: &str| list.iter().filter(|r| r["state"] == state).count();
+    assert_eq!((count("running"), count("pending")), (1, 1), "{list:#?}");
+    let skipped: Vec<&serde_json::Value> = list.iter().filter(|r| r["state"] == "missed").collect();
+    assert!(!skipped.is_empty(), "{list:#?}");
+    for r in skipped {
+        assert!(r["error"].as_str().unwrap().contains("(overlap: buffer_one)"), "{r:#}");
+    }
+    // cancel_other: each tick stops the one before (cooperatively) and starts after it ended.
+    wait_until("the superseded runs to stop", Duration::from_secs(30), || {
+        let list = runs(&dev, "sleepy2");
+        list.iter().filter(|r| r["state"] == "cancelled").count() >= 2
+    });
+    for r in runs(&dev, "sleepy2").iter().filter(|r| r["state"] == "cancelled") {
+        assert!(r["error"].as_str().unwrap().contains("(overlap: cancel_other)"), "{r:#}");
+    }
+}
