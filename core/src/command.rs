@@ -266,6 +266,11 @@ pub enum Op {
         /// Run id.
         run_id: String,
     },
+    /// The guards passed after the run's last step: it may succeed.
+    GuardsPassed {
+        /// Run id.
+        run_id: String,
+    },
     /// A `foreach` step becomes one step per target (in batches); no targets: it is skipped.
     ExpandForeach {
         /// Run id.
@@ -361,6 +366,7 @@ impl Op {
             Op::TimeoutRun { .. } => "timeout_run",
             Op::AcquireLocks { .. } => "acquire_locks",
             Op::ExpandForeach { .. } => "expand_foreach",
+            Op::GuardsPassed { .. } => "guards_passed",
             Op::StartRunAs { .. } => "start_run_as",
             Op::AlertNotified { .. } => "alert_notified",
         }

@@ -427,6 +427,9 @@ pub struct Run {
     /// Its handler steps ran already (they run at most once).
     #[serde(default)]
     pub handlers_ran: bool,
+    /// Its guards passed after its last step (a run with guards succeeds only then).
+    #[serde(default)]
+    pub guards_after_passed: bool,
 }
 
 /// A run ending through its `on_failure` / `on_cancel` steps.

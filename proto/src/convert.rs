@@ -165,6 +165,7 @@ pub fn run_to_pb(r: &Run) -> pb::Run {
         }),
         handlers_ran: r.handlers_ran,
         pause_reason: r.pause_reason.clone(),
+        guards_after_passed: r.guards_after_passed,
     }
 }
 
@@ -286,6 +287,7 @@ pub fn run_from_pb(r: pb::Run) -> Result<Run, ConvertError> {
             .transpose()?,
         handlers_ran: r.handlers_ran,
         pause_reason: r.pause_reason,
+        guards_after_passed: r.guards_after_passed,
     })
 }
 
@@ -431,6 +433,7 @@ mod tests {
                 failed_step: Some("x".into()),
             }),
             handlers_ran: true,
+            guards_after_passed: true,
             events: vec![RunEvent {
                 at_ms: 4,
                 principal: "bob".into(),

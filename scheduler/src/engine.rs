@@ -196,6 +196,13 @@ impl Engine {
                 }
                 continue;
             }
+            if let Some((gate, _)) = guard_gate(state, run_id)
+                && gate == AFTER_LAST_STEP
+                && view.guards_passed.get(run_id.as_str()) == Some(&gate)
+                && self.claim(format!("guards:{run_id}"), view.now_ms)
+            {
+                ops.push(Op::GuardsPassed { run_id: run_id.clone() });
+            }
             for si in current_steps(run) {
                 let step = &run.steps[si];
                 if step.state == StepState::Waiting
@@ -333,13 +340,20 @@ pub fn guard_gate<'s>(state: &'s State, run_id: &str) -> Option<(String, &'s [ba
         return None;
     }
     let current = current_steps(run);
-    let first = *current.first()?;
+    let Some(&first) = current.first() else {
+        // Every step is done: the guards are checked once more before the run succeeds.
+        return (!run.guards_after_passed && !run.state.is_terminal())
+            .then(|| (AFTER_LAST_STEP.to_string(), &guards[..]));
+    };
     if !current.iter().all(|si| run.steps[*si].state == StepState::Pending) {
         return None;
     }
     let step = &run.steps[first];
     Some((format!("{}#{}", step.id, step.attempts.len()), guards))
 }
+
+/// The gate after a run's last step.
+pub const AFTER_LAST_STEP: &str = "end";
 
 /// Every run that waits at a guard gate: (run id, gate, guards).
 pub fn guard_gates(state: &State) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {

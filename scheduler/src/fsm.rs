@@ -246,6 +246,17 @@ impl State {
             }
             Op::TimeoutRun { run_id } => self.timeout_run(now, &run_id, &mut fx),
             Op::AcquireLocks { run_id } => self.acquire_locks(now, &run_id, &mut fx),
+            Op::GuardsPassed { run_id } => {
+                let waiting = self.runs.get(&run_id).is_some_and(|r| {
+                    self.active_runs.contains(&run_id) && r.finishing.is_none() && next_step(r).is_none()
+                });
+                if waiting {
+                    self.runs.get_mut(&run_id).expect("checked above").guards_after_passed = true;
+                    self.settle(&run_id, now);
+                    fx.push(Effect::RunChanged(run_id));
+                }
+                Reply::Done
+            }
             Op::ExpandForeach { run_id, step_id, targets, workers } => {
                 self.expand_foreach(&run_id, &step_id, targets, workers, now, &mut fx)
             }
@@ -816,6 +827,7 @@ impl State {
         let run = self.runs.get_mut(run_id).expect("checked above");
         run.finishing = None;
         run.handlers_ran = false;
+        run.guards_after_passed = false;
         for step in &mut run.steps[index..] {
             let attempts = step.attempts.len() as u32;
             let kept = std::mem::take(&mut step.attempts);
@@ -1240,7 +1252,12 @@ impl State {
     fn settle(&mut self, run_id: &str, now: i64) {
         let done = self.runs.get(run_id).is_some_and(|r| {
             let block = r.finishing.as_ref().map_or(Block::Main, |f| f.block);
+            // A run with guards succeeds only once they passed after its last step.
+            let guarded = block == Block::Main
+                && !r.guards_after_passed
+                && self.runbook_of(r).is_some_and(|rb| !rb.guards.is_empty());
             !r.state.is_terminal()
+                && !guarded
                 && r.steps.iter().filter(|s| s.block == block).all(|s| s.state.is_done() || s.failure_tolerated)
         });
         if done {
@@ -1616,6 +1633,7 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         budget_key: None,
         finishing: None,
         handlers_ran: false,
+        guards_after_passed: false,
     }
 }
 
@@ -1714,6 +1732,7 @@ fn new_run(
         budget_key,
         finishing: None,
         handlers_ran: false,
+        guards_after_passed: false,
     })
 }
 

@@ -3,7 +3,7 @@
 //! The engine stays sans-IO: it holds a run at its guard gate ([`engine::guard_gate`]) until
 //! the leader's [`Guards`] has seen every guard pass for that gate. Checks run here, on the
 //! leader, outside the Ready loop: a Prometheus instant query that must return at least one
-//! sample, none of them 0 (`up == 1`, `rate(errors[5m]) < 1`), or an HTTP GET that must answer
+//! sample, as an alerting rule fires (`up == 1`, `rate(errors[5m]) < 1`), or an HTTP GET that must answer
 //! the expected status. A guard that fails pauses the run through the log, with the reason
 //! (`guard "error rate" failed before step restart[web-2]: ...`); `baton run resume` makes
 //! the run check again at the same gate.
@@ -168,7 +168,10 @@ impl Checker {
     }
 }
 
-/// A Prometheus query answer as a verdict: at least one sample, none of them 0.
+/// A Prometheus query answer as a verdict. Like an alerting rule, a vector result passes when
+/// it has at least one sample (a comparison such as `rate(errors[5m]) < 1` keeps only the
+/// samples for which it holds, whatever their value); a scalar passes when it is not 0
+/// (`1 < bool 2`).
 pub fn prometheus_verdict(status: u16, body: &[u8]) -> Result<(), String> {
     let answer: serde_json::Value = serde_json::from_slice(body)
         .map_err(|_| format!("Prometheus answered {status} with something that is not JSON"))?;
@@ -177,21 +180,21 @@ pub fn prometheus_verdict(status: u16, body: &[u8]) -> Result<(), String> {
         return Err(format!("Prometheus refused the query ({status}): {why}"));
     }
     let data = &answer["data"];
-    let values: Vec<String> = match data["resultType"].as_str() {
-        Some("vector") => data["result"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|s| s["value"][1].as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-        Some("scalar") => data["result"][1].as_str().map(|v| vec![v.to_string()]).unwrap_or_default(),
-        other => return Err(format!("the query gives a {}, expected a vector or scalar", other.unwrap_or("nothing"))),
-    };
-    if values.is_empty() {
-        return Err("the query returned no sample".to_string());
+    match data["resultType"].as_str() {
+        Some("vector") => {
+            if data["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                Ok(())
+            } else {
+                Err("the query returned no sample".to_string())
+            }
+        }
+        Some("scalar") => match data["result"][1].as_str() {
+            Some(v) if v.parse::<f64>().is_ok_and(|x| x != 0.0) => Ok(()),
+            Some(v) => Err(format!("the query returned {v}")),
+            None => Err("the query returned no value".to_string()),
+        },
+        other => Err(format!("the query gives a {}, expected a vector or scalar", other.unwrap_or("nothing"))),
     }
-    if let Some(zero) = values.iter().find(|v| v.parse::<f64>().map_or(true, |x| x == 0.0)) {
-        return Err(format!("the query returned {zero}"));
-    }
-    Ok(())
 }
 
 /// Percent-encodes a query string value.
@@ -232,8 +235,11 @@ pub async fn check_gates<F, Fut>(
             let verdict = checker.check_all(&list, &ctx).await;
             let passed = verdict == Verdict::Pass;
             if let Verdict::Fail { guard, reason } = verdict {
-                let step = gate.split('#').next().unwrap_or(&gate).to_string();
-                pause(run_id.clone(), format!("guard {guard:?} failed before step {step}: {reason}")).await;
+                let when = match gate.split('#').next().unwrap_or(&gate) {
+                    crate::engine::AFTER_LAST_STEP => "after the last step".to_string(),
+                    step => format!("before step {step}"),
+                };
+                pause(run_id.clone(), format!("guard {guard:?} failed {when}: {reason}")).await;
             }
             guards.end(&run_id, &gate, passed);
         });
@@ -253,10 +259,13 @@ mod tests {
         };
         assert_eq!(prometheus_verdict(200, vector(&["1"]).as_bytes()), Ok(()));
         assert_eq!(prometheus_verdict(200, vector(&["0.5", "3"]).as_bytes()), Ok(()));
+        // `rate(errors[5m]) < 1` with no errors: a sample whose value is 0 — it holds.
+        assert_eq!(prometheus_verdict(200, vector(&["0"]).as_bytes()), Ok(()));
         assert_eq!(prometheus_verdict(200, vector(&[]).as_bytes()), Err("the query returned no sample".into()));
-        assert_eq!(prometheus_verdict(200, vector(&["1", "0"]).as_bytes()), Err("the query returned 0".into()));
         let scalar = r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"2"]}}"#;
         assert_eq!(prometheus_verdict(200, scalar.as_bytes()), Ok(()));
+        let zero = r#"{"status":"success","data":{"resultType":"scalar","result":[1.0,"0"]}}"#;
+        assert_eq!(prometheus_verdict(200, zero.as_bytes()), Err("the query returned 0".into()));
         let bad = r#"{"status":"error","errorType":"bad_data","error":"parse error at char 3"}"#;
         let err = prometheus_verdict(400, bad.as_bytes()).unwrap_err();
         assert_eq!(err, "Prometheus refused the query (400): parse error at char 3");

@@ -289,8 +289,9 @@ pub(crate) struct GuardFile {
     /// A name for messages (default: the query or the URL).
     #[serde(default)]
     pub name: Option<String>,
-    /// Passes when the query (Prometheus HTTP API, instant query) returns at least one sample
-    /// and none is 0, e.g. `sum(rate(http_requests_errors_total[5m])) < 1`.
+    /// Passes when the query (Prometheus HTTP API, instant query) returns at least one sample,
+    /// as an alerting rule fires: write the healthy condition as a comparison, e.g.
+    /// `sum(rate(http_requests_errors_total[5m])) < 1`.
     #[serde(default)]
     pub prometheus: Option<PrometheusGuardFile>,
     /// Passes when a GET of the URL answers with the expected status.

@@ -249,4 +249,13 @@ fn a_run_with_guards_waits_at_each_gate_until_they_pass() {
     assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("two#0".to_string()));
     w.guards_passed.insert("r1".into(), "two#0".into());
     assert_eq!(assigned(&w.step()), ["r1"]);
+    // After the last step the guards are checked once more before the run succeeds.
+    let a = w.active("r1");
+    w.finish(a, AttemptState::Succeeded);
+    assert_eq!(w.run_state("r1"), RunState::Running);
+    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("end".to_string()));
+    assert!(w.step().is_empty());
+    w.guards_passed.insert("r1".into(), "end".into());
+    assert_eq!(w.step(), [Op::GuardsPassed { run_id: "r1".into() }]);
+    assert_eq!(w.run_state("r1"), RunState::Succeeded);
 }
