@@ -121,6 +121,10 @@ pub enum Op {
         workdir: Option<String>,
         /// Step timeout.
         timeout_ms: Option<u64>,
+        /// The attempts the step had when this was decided; a late copy proposed for an
+        /// earlier round of the step is ignored.
+        #[serde(default)]
+        expected_attempts: Option<usize>,
     },
     /// A step's inputs could not be rendered: the step fails without an attempt.
     RenderFailed {
@@ -266,6 +270,15 @@ pub enum Op {
         /// Run id.
         run_id: String,
     },
+    /// A guard failed at a gate: pause the run, unless it has left that gate meanwhile.
+    GuardFailed {
+        /// Run id.
+        run_id: String,
+        /// The gate that was checked (see `State::guard_gate`).
+        gate: String,
+        /// Which guard failed and why.
+        reason: String,
+    },
     /// The guards passed after the run's last step: it may succeed.
     GuardsPassed {
         /// Run id.
@@ -367,6 +380,7 @@ impl Op {
             Op::AcquireLocks { .. } => "acquire_locks",
             Op::ExpandForeach { .. } => "expand_foreach",
             Op::GuardsPassed { .. } => "guards_passed",
+            Op::GuardFailed { .. } => "guard_failed",
             Op::StartRunAs { .. } => "start_run_as",
             Op::AlertNotified { .. } => "alert_notified",
         }

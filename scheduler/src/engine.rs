@@ -196,7 +196,7 @@ impl Engine {
                 }
                 continue;
             }
-            if let Some((gate, _)) = guard_gate(state, run_id)
+            if let Some((gate, _)) = guard_gate(state, run_id, view.now_ms)
                 && gate == AFTER_LAST_STEP
                 && view.guards_passed.get(run_id.as_str()) == Some(&gate)
                 && self.claim(format!("guards:{run_id}"), view.now_ms)
@@ -291,7 +291,7 @@ impl Engine {
                 continue;
             }
             // Guards are checked (outside the engine) before each step or batch starts.
-            if let Some((gate, _)) = guard_gate(state, run_id)
+            if let Some((gate, _)) = guard_gate(state, run_id, view.now_ms)
                 && view.guards_passed.get(run_id.as_str()) != Some(&gate)
             {
                 continue;
@@ -329,38 +329,24 @@ impl Engine {
     }
 }
 
-/// Where a run with guards stands before its next step or batch: `(gate, guards)`, when
-/// every current step is still pending (none has started, so this is a boundary). The gate
-/// names the boundary (`step#attempts`); the guards must pass for it before the engine
-/// starts anything. Handler steps (`on_failure`, `on_cancel`) are not guarded.
-pub fn guard_gate<'s>(state: &'s State, run_id: &str) -> Option<(String, &'s [baton_core::runbook::Guard])> {
-    let run = state.runs.get(run_id)?;
-    let guards = &state.runbook_of(run)?.guards;
-    if guards.is_empty() || run.finishing.is_some() || run.paused || run.cancel_requested {
-        return None;
-    }
-    let current = current_steps(run);
-    let Some(&first) = current.first() else {
-        // Every step is done: the guards are checked once more before the run succeeds.
-        return (!run.guards_after_passed && !run.state.is_terminal())
-            .then(|| (AFTER_LAST_STEP.to_string(), &guards[..]));
-    };
-    if !current.iter().all(|si| run.steps[*si].state == StepState::Pending) {
-        return None;
-    }
-    let step = &run.steps[first];
-    Some((format!("{}#{}", step.id, step.attempts.len()), guards))
+/// See [`State::guard_gate`].
+pub fn guard_gate<'s>(
+    state: &'s State,
+    run_id: &str,
+    now_ms: i64,
+) -> Option<(String, &'s [baton_core::runbook::Guard])> {
+    state.guard_gate(run_id, now_ms)
 }
 
 /// The gate after a run's last step.
-pub const AFTER_LAST_STEP: &str = "end";
+pub const AFTER_LAST_STEP: &str = crate::fsm::GUARD_GATE_END;
 
 /// Every run that waits at a guard gate: (run id, gate, guards).
-pub fn guard_gates(state: &State) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {
+pub fn guard_gates(state: &State, now_ms: i64) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {
     state
         .active_runs
         .iter()
-        .filter_map(|id| guard_gate(state, id).map(|(gate, guards)| (id.clone(), gate, guards.to_vec())))
+        .filter_map(|id| guard_gate(state, id, now_ms).map(|(gate, guards)| (id.clone(), gate, guards.to_vec())))
         .collect()
 }
 
@@ -405,7 +391,9 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         return None;
     }
     let ctx = step_context(run, si);
-    if let Some(expr) = &spec.when {
+    // A foreach step's `when` is decided per target (it may read `target`).
+    let unexpanded = spec.foreach.is_some() && run.steps[si].target.is_none();
+    if let Some(expr) = spec.when.as_ref().filter(|_| !unexpanded) {
         match eval_condition(expr, &ctx) {
             Ok(true) => {}
             Ok(false) => {
@@ -489,6 +477,7 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         env: rendered.env,
         workdir: rendered.workdir,
         timeout_ms: spec.timeout_ms,
+        expected_attempts: Some(run.steps[si].attempts.len()),
     })
 }
 

@@ -20,6 +20,9 @@ use baton_core::runbook::Action;
 use baton_core::schedule::{BlackoutAction, Overlap};
 use baton_core::{Runbook, Schedule};
 
+/// The guard gate after a run's last step.
+pub const GUARD_GATE_END: &str = "end";
+
 /// At most this many ticks are run by one backfill.
 pub const MAX_BACKFILL: usize = 1_000;
 /// At most this many ticks are counted one by one in a missed record.
@@ -195,7 +198,13 @@ impl State {
             Op::RecordMissed { schedule, first_tick_ms, last_tick_ms, count } => {
                 self.record_missed(index, now, &schedule, first_tick_ms, last_tick_ms, count, &mut fx)
             }
-            Op::Assign { run_id, step_id, worker, argv, env, workdir, timeout_ms } => {
+            Op::Assign { run_id, step_id, worker, argv, env, workdir, timeout_ms, expected_attempts } => {
+                if let Some(n) = expected_attempts
+                    && self.runs.get(&run_id).and_then(|r| r.step(&step_id)).is_some_and(|s| s.attempts.len() != n)
+                {
+                    // Proposed for an earlier round of the step (a re-proposal that came late).
+                    return (Reply::Done, fx);
+                }
                 let a = Assignment {
                     attempt_id: index,
                     run_id,
@@ -246,9 +255,22 @@ impl State {
             }
             Op::TimeoutRun { run_id } => self.timeout_run(now, &run_id, &mut fx),
             Op::AcquireLocks { run_id } => self.acquire_locks(now, &run_id, &mut fx),
+            Op::GuardFailed { run_id, gate, reason } => {
+                // Only if the run still waits at the gate that was checked.
+                if self.guard_gate(&run_id, now).is_some_and(|(g, _)| g == gate) {
+                    let by = Actor { principal: "baton".into(), via: "guard".into() };
+                    self.pause_run(now, &run_id, reason, by, true, &mut fx)
+                } else {
+                    Reply::Done
+                }
+            }
             Op::GuardsPassed { run_id } => {
                 let waiting = self.runs.get(&run_id).is_some_and(|r| {
-                    self.active_runs.contains(&run_id) && r.finishing.is_none() && next_step(r).is_none()
+                    self.active_runs.contains(&run_id)
+                        && r.finishing.is_none()
+                        && !r.paused
+                        && !r.cancel_requested
+                        && next_step(r).is_none()
                 });
                 if waiting {
                     self.runs.get_mut(&run_id).expect("checked above").guards_after_passed = true;
@@ -269,6 +291,33 @@ impl State {
             }
         };
         (reply, fx)
+    }
+
+    /// Where a run with guards stands before its next step or batch: `(gate, guards)` when
+    /// every current step is still pending and could start now (no retry backoff or bake to
+    /// wait out, its locks held), or `("end", guards)` once every step is done and the run has
+    /// not succeeded yet. The gate names the boundary (`step#attempts`); the guards must pass
+    /// for it before the engine starts anything (or lets the run succeed). Handler steps
+    /// (`on_failure`, `on_cancel`) are not guarded.
+    pub fn guard_gate(&self, run_id: &str, now_ms: i64) -> Option<(String, &[baton_core::runbook::Guard])> {
+        let run = self.runs.get(run_id)?;
+        let guards = &self.runbook_of(run)?.guards;
+        if guards.is_empty() || run.finishing.is_some() || run.paused || run.cancel_requested {
+            return None;
+        }
+        if !self.active_runs.contains(run_id) || (!run.locks.is_empty() && !run.locks_held) {
+            return None;
+        }
+        let current = current_steps(run);
+        let Some(&first) = current.first() else {
+            return (!run.guards_after_passed).then(|| (GUARD_GATE_END.to_string(), &guards[..]));
+        };
+        let ready = |si: &usize| run.steps[*si].state == StepState::Pending && run.steps[*si].not_before_ms <= now_ms;
+        if !current.iter().all(ready) {
+            return None;
+        }
+        let step = &run.steps[first];
+        Some((format!("{}#{}", step.id, step.attempts.len()), guards))
     }
 
     /// The runbook version a run is pinned to.
@@ -497,20 +546,7 @@ impl State {
         trigger: Trigger,
         fx: &mut Vec<Effect>,
     ) {
-        if !matches!(trigger, Trigger::Backfill { .. }) {
-            let reason = format!("superseded by run {run_id} (overlap: {})", schedule.overlap.as_str());
-            for other in self.active_runs_of(&schedule.name) {
-                match schedule.overlap {
-                    Overlap::CancelOther => {
-                        self.cancel_run(now, &other, reason.clone(), fx);
-                    }
-                    Overlap::TerminateOther => {
-                        self.end_now(now, &other, RunState::Cancelled, format!("terminated: {reason}"), fx);
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let others = self.active_runs_of(&schedule.name);
         let created = match self.runbooks.get(&schedule.runbook) {
             None => Err(format!("runbook {:?} does not exist", schedule.runbook)),
             Some(entry) => {
@@ -524,15 +560,31 @@ impl State {
                     })
             }
         };
+        let supersede = created.is_ok() && !matches!(trigger, Trigger::Backfill { .. });
         let run = created.unwrap_or_else(|error| {
             let mut run = missed_record(&schedule.name, &schedule.runbook, 0, 0, 0, now);
-            run.id = run_id;
+            run.id = run_id.clone();
             run.trigger = trigger;
             run.state = RunState::Failed;
             run.error = Some(error);
             run
         });
         self.insert_run(index, run, fx);
+        if supersede {
+            // Only a run that exists supersedes the others.
+            let reason = format!("superseded by run {run_id} (overlap: {})", schedule.overlap.as_str());
+            for other in others {
+                match schedule.overlap {
+                    Overlap::CancelOther => {
+                        self.cancel_run(now, &other, reason.clone(), fx);
+                    }
+                    Overlap::TerminateOther => {
+                        self.end_now(now, &other, RunState::Cancelled, format!("terminated: {reason}"), fx);
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn trigger_schedule(
@@ -799,6 +851,16 @@ impl State {
         if self.runbook_of(run).is_none() {
             return Reply::Rejected(format!("run {run_id} has no runbook version to run again; start a new run"));
         }
+        let running: Vec<String> =
+            self.active_attempts.iter().filter(|(_, (r, _))| r == run_id).map(|(id, _)| id.to_string()).collect();
+        if !running.is_empty() {
+            return Reply::Rejected(format!(
+                "run {run_id} still has attempt(s) {} being stopped; retry once they have ended",
+                running.join(", ")
+            ));
+        }
+        let first_open =
+            run.steps.iter().position(|s| s.block == Block::Main && !(s.state.is_done() || s.failure_tolerated));
         let index = match from {
             Some(id) => match run.steps.iter().position(|s| s.id == id) {
                 Some(i) => i,
@@ -819,6 +881,14 @@ impl State {
                 None => return Reply::Rejected(format!("run {run_id} has no step left to retry")),
             },
         };
+        if let Some(open) = first_open
+            && index > open
+        {
+            let (from, open) = (&run.steps[index].id, &run.steps[open].id);
+            return Reply::Rejected(format!(
+                "step {from} comes after step {open}, which did not succeed; retry from {open} or an earlier step"
+            ));
+        }
         if run.steps[index].block != Block::Main {
             let id = &run.steps[index].id;
             return Reply::Rejected(format!("step {id} is an on_failure/on_cancel step; retry from a main step"));
@@ -831,7 +901,17 @@ impl State {
         for step in &mut run.steps[index..] {
             let attempts = step.attempts.len() as u32;
             let kept = std::mem::take(&mut step.attempts);
-            *step = StepRun { attempts: kept, retry_base: attempts, block: step.block, ..StepRun::pending(&step.id) };
+            *step = StepRun {
+                attempts: kept,
+                retry_base: attempts,
+                block: step.block,
+                spec: std::mem::take(&mut step.spec),
+                group: step.group.take(),
+                batch: step.batch,
+                target: step.target.take(),
+                target_worker: step.target_worker.take(),
+                ..StepRun::pending(&step.id)
+            };
         }
         let started = run.steps[..index].iter().any(|s| s.started_at_ms > 0);
         run.state = if started { RunState::Running } else { RunState::Pending };
@@ -864,10 +944,19 @@ impl State {
         step.state = StepState::Skipped;
         step.error = Some(format!("outcome unknown; skipped by {who}{}", reason_suffix(&reason)));
         step.finished_at_ms = now;
+        let skipped = step.id.clone();
+        self.record(run_id, now, &by, "skip", &format!("step {skipped}{}", reason_suffix(&reason)));
+        let run = self.runs.get_mut(run_id).expect("checked above");
+        if let Some(other) = run.steps.iter().find(|s| s.state == StepState::Lost) {
+            // Another step's outcome is unknown too: the run still needs an operator.
+            run.error = Some(format!("step {skipped} skipped; step {} was lost too and needs a decision", other.id));
+            fx.push(Effect::RunChanged(run_id.to_string()));
+            return Reply::Done;
+        }
         run.state = RunState::Running;
         run.error = None;
         self.active_runs.insert(run_id.to_string());
-        self.record(run_id, now, &by, "skip", &reason);
+        self.group_progress(run_id, si, now);
         self.settle(run_id, now);
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
@@ -970,6 +1059,7 @@ impl State {
                 step.state = StepState::Succeeded;
                 step.finished_at_ms = now;
                 step.deadline_ms = 0;
+                self.group_progress(run_id, si, now);
                 self.settle(run_id, now);
             }
         }
@@ -1054,6 +1144,7 @@ impl State {
                 step.state = StepState::Succeeded;
                 step.finished_at_ms = now;
                 step.deadline_ms = 0;
+                self.group_progress(run_id, si, now);
                 self.settle(run_id, now);
             }
         }
@@ -1111,7 +1202,8 @@ impl State {
         let Some(run) = self.runs.get(run_id) else { return Some(None) };
         let step = &run.steps[si];
         let (Some(group), true) = (step.group.clone(), step.target.is_some()) else { return Some(None) };
-        let Some(foreach) = self.spec_of(run_id, si).and_then(|s| s.foreach.clone()) else { return Some(None) };
+        let Some(spec) = self.spec_of(run_id, si).cloned() else { return Some(None) };
+        let Some(foreach) = spec.foreach.clone() else { return Some(None) };
         let items: Vec<usize> =
             run.steps.iter().enumerate().filter(|(_, s)| s.group.as_ref() == Some(&group)).map(|(i, _)| i).collect();
         let failed =
@@ -1127,6 +1219,8 @@ impl State {
                 s.state = StepState::Cancelled;
                 s.error = Some(format!("not started: step {group} failed on too many targets"));
                 s.finished_at_ms = now;
+                // With `on_error: continue` the run goes on past the whole step.
+                s.failure_tolerated = spec.continue_on_error;
             }
         }
         Some(Some(format!(
@@ -1213,8 +1307,10 @@ impl State {
                     _ => i.to_string(),
                 };
                 let mut id = format!("{step_id}[{label}]");
-                if ids.contains(&id) {
-                    id = format!("{step_id}[{i}:{label}]");
+                let mut n = 0;
+                while ids.contains(&id) {
+                    n += 1;
+                    id = format!("{step_id}[{i}:{label}]") + &"'".repeat(n - 1);
                 }
                 ids.insert(id.clone());
                 StepRun {
@@ -1323,6 +1419,14 @@ impl State {
             if attempt_state == AttemptState::Succeeded {
                 step.outputs = r.outputs;
             }
+            let others_active = self.active_attempts.values().any(|(r, _)| *r == run_id);
+            let run = self.runs.get(&run_id).expect("checked above");
+            if !run.state.is_terminal() && run.cancel_requested && !others_active {
+                // The last attempt of a run being cancelled has stopped: it ends now.
+                let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
+                self.finish_run(&run_id, stopped, error, now);
+            }
+            self.release_locks_when_idle(&run_id);
             fx.push(Effect::RunChanged(run_id));
             fx.push(Effect::AckResult { worker, attempt_id });
             return Reply::Done;
@@ -1426,7 +1530,14 @@ impl State {
         let active: Vec<(String, u64)> =
             run.steps.iter().filter_map(|s| s.active_attempt()).map(|a| (a.worker.clone(), a.id)).collect();
         if active.is_empty() {
-            for s in run.steps.iter_mut().filter(|s| matches!(s.state, StepState::Pending | StepState::Waiting)) {
+            // The steps of the current block end here; on_failure / on_cancel steps are left
+            // for finish_run to run (or not).
+            let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+            for s in run
+                .steps
+                .iter_mut()
+                .filter(|s| s.block == phase && matches!(s.state, StepState::Pending | StepState::Waiting))
+            {
                 s.state = StepState::Cancelled;
             }
             let end = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
@@ -1465,8 +1576,11 @@ impl State {
                 RunState::Cancelled => Block::OnCancel,
                 _ => return None,
             };
-            let has = run.steps.iter().any(|s| s.block == block);
-            (has && !run.handlers_ran && run.finishing.is_none()).then_some(block)
+            // Handlers clean up after steps that ran: a run that never started has nothing to
+            // clean up.
+            let has = run.steps.iter().any(|s| s.block == block && s.state == StepState::Pending);
+            let ran = run.started_at_ms > 0 || state == RunState::Failed;
+            (has && ran && !run.handlers_ran && run.finishing.is_none()).then_some(block)
         });
         let run = self.runs.get_mut(run_id).expect("finish_run on an existing run");
         if let Some(block) = handlers {
@@ -1488,10 +1602,10 @@ impl State {
             run.finishing = Some(Finishing { block, state, error: error.clone(), failed_step });
             run.handlers_ran = true;
             run.cancel_requested = false;
-            run.paused = false;
-            run.pause_reason.clear();
             run.state = RunState::Running;
             run.error = error;
+            // Back on the engine's work list (a needs_attention run had left it).
+            self.active_runs.insert(run_id.to_string());
             return;
         }
         let (state, error) = match run.finishing.take() {
@@ -1507,7 +1621,7 @@ impl State {
             None => (state, error),
         };
         run.state = state;
-        let mut released = Vec::new();
+        let mut released = false;
         if state.is_terminal() {
             run.finished_at_ms = now;
             for s in run.steps.iter_mut().filter(|s| s.state == StepState::Pending && s.block == Block::Main) {
@@ -1515,20 +1629,30 @@ impl State {
                     s.state = StepState::Cancelled;
                 }
             }
-            if run.locks_held {
-                run.locks_held = false;
-                released = run.locks.clone();
-            }
+            released = run.locks_held;
         }
         if error.is_some() {
             run.error = error;
         }
-        for lock in released {
+        self.active_runs.remove(run_id);
+        if released {
+            self.release_locks_when_idle(run_id);
+        }
+    }
+
+    /// Releases an ended run's locks once none of its attempts still runs (a sibling being
+    /// stopped, a force-failed step): the resource stays protected until it is really idle.
+    fn release_locks_when_idle(&mut self, run_id: &str) {
+        let Some(run) = self.runs.get_mut(run_id) else { return };
+        if !run.state.is_terminal() || !run.locks_held || self.active_attempts.values().any(|(r, _)| r == run_id) {
+            return;
+        }
+        run.locks_held = false;
+        for lock in run.locks.clone() {
             if self.locks.get(&lock).is_some_and(|(holder, _)| holder == run_id) {
                 self.locks.remove(&lock);
             }
         }
-        self.active_runs.remove(run_id);
     }
 
     /// Why `run` may not start under its runbook's budget, if it may not: the runs of the
@@ -1786,6 +1910,7 @@ steps:
             env: BTreeMap::new(),
             workdir: None,
             timeout_ms: None,
+            expected_attempts: None,
         };
         s.apply(index, 1, cmd(30, op)).1
     }
@@ -1941,6 +2066,7 @@ steps:
                 env: BTreeMap::new(),
                 workdir: None,
                 timeout_ms: None,
+                expected_attempts: None,
             };
             s.apply(index, 1, cmd(at, op));
         };
@@ -1978,6 +2104,7 @@ steps:
             env: BTreeMap::new(),
             workdir: None,
             timeout_ms: None,
+            expected_attempts: None,
         };
         s.apply(8, 1, cmd(0, assign2));
         s.apply(
@@ -2004,6 +2131,7 @@ steps:
             env: BTreeMap::new(),
             workdir: None,
             timeout_ms: None,
+            expected_attempts: None,
         };
         s.apply(10, 1, cmd(0, assign3));
         fail(&mut s, 11, 10, 30);

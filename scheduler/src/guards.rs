@@ -223,7 +223,7 @@ pub async fn check_gates<F, Fut>(
     gates: Vec<(String, String, Vec<Guard>, serde_json::Value)>,
     pause: F,
 ) where
-    F: Fn(String, String) -> Fut + Clone + Send + 'static,
+    F: Fn(String, String, String) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     for (run_id, gate, list, ctx) in gates {
@@ -239,7 +239,7 @@ pub async fn check_gates<F, Fut>(
                     crate::engine::AFTER_LAST_STEP => "after the last step".to_string(),
                     step => format!("before step {step}"),
                 };
-                pause(run_id.clone(), format!("guard {guard:?} failed {when}: {reason}")).await;
+                pause(run_id.clone(), gate.clone(), format!("guard {guard:?} failed {when}: {reason}")).await;
             }
             guards.end(&run_id, &gate, passed);
         });

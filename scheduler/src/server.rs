@@ -275,7 +275,7 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
             let ops = node.read(|s| engine.decide(s, &view));
             // Runs waiting at a guard gate: check their guards (a failure pauses the run).
             let gates = node.read(|s| {
-                crate::engine::guard_gates(s)
+                crate::engine::guard_gates(s, now_ms())
                     .into_iter()
                     .map(|(id, gate, list)| {
                         let ctx = crate::engine::template_context(&s.runs[&id]);
@@ -285,12 +285,11 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
             });
             guards.retain(&gates.iter().map(|(id, ..)| id.clone()).collect());
             let proposer = node.clone();
-            let pause = move |run_id: String, reason: String| {
+            let pause = move |run_id: String, gate: String, reason: String| {
                 let node = proposer.clone();
                 async move {
                     tracing::warn!(run = %run_id, "{reason}");
-                    let by = baton_core::command::Actor { principal: "baton".into(), via: "guard".into() };
-                    let op = Op::PauseRun { run_id, reason, by };
+                    let op = Op::GuardFailed { run_id, gate, reason };
                     if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
                         tracing::debug!("pausing a run for its guard was not applied: {e}");
                     }

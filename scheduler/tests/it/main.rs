@@ -4,6 +4,7 @@ mod alerts;
 mod fanout;
 mod node;
 mod operations;
+mod regressions;
 mod safety;
 mod schedules;
 mod sim;

@@ -57,6 +57,7 @@ fn a_paused_run_starts_no_step_until_resumed_and_its_running_step_goes_on() {
         env: Default::default(),
         workdir: None,
         timeout_ms: None,
+        expected_attempts: None,
     };
     w.apply(late);
     assert_eq!(w.step_state("r1", 1), StepState::Pending);

@@ -106,8 +106,14 @@ fn two_runs_never_hold_the_same_lock_and_waiters_go_first_come_first_served() {
     let ops = w.step();
     assert_eq!(assigned(&ops), ["b"], "b was first in line: {ops:?}");
     assert!(!w.state.runs["c"].locks_held);
-    // Force-failing b releases too; then c runs.
+    // Force-failing b ends it at once, but its locks stay taken until its attempt has
+    // stopped (the resource is not idle before); then c runs.
+    let b_attempt = w.active("b");
     w.apply(Op::ForceFail { run_id: "b".into(), reason: "wrong region".into(), by: by("ops") });
+    assert_eq!(w.run_state("b"), RunState::Failed);
+    w.step();
+    assert!(assigned(&w.step()).is_empty(), "b's attempt may still run");
+    w.finish(b_attempt, AttemptState::Cancelled);
     w.step();
     let ops = w.step();
     assert_eq!(assigned(&ops), ["c"], "{ops:?}");
@@ -228,32 +234,36 @@ fn a_run_with_guards_waits_at_each_gate_until_they_pass() {
     let mut w = World::new(&[GUARDED]);
     w.start("r1", "guarded");
     // At the first gate: nothing starts until the guards passed for it.
-    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("one#0".to_string()));
-    assert_eq!(guard_gates(&w.state)[0].2[0].name, "error rate");
+    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("one#0".to_string()));
+    assert_eq!(guard_gates(&w.state, w.now)[0].2[0].name, "error rate");
     assert!(assigned(&w.step()).is_empty());
     w.guards_passed.insert("r1".into(), "one#0".into());
     assert_eq!(assigned(&w.step()), ["r1"]);
     // While a step runs there is no gate; when it ends, the next one is a new gate.
-    assert!(guard_gate(&w.state, "r1").is_none());
+    assert!(guard_gate(&w.state, "r1", w.now).is_none());
     let a = w.active("r1");
     w.finish(a, AttemptState::Succeeded);
-    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("two#0".to_string()));
+    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
     assert!(assigned(&w.step()).is_empty(), "the pass was for the first gate only");
     // A failed guard pauses the run (the leader proposes it, with the reason); resuming
     // brings the run back to the same gate, to be checked again.
     let reason = "guard \"error rate\" failed before step two: the query returned no sample";
-    w.apply(Op::PauseRun { run_id: "r1".into(), reason: reason.into(), by: by("baton") });
+    // A failure reported for a gate the run has left is ignored; for its gate, it pauses.
+    w.apply(Op::GuardFailed { run_id: "r1".into(), gate: "one#0".into(), reason: "stale".into() });
+    assert!(!w.state.runs["r1"].paused);
+    w.apply(Op::GuardFailed { run_id: "r1".into(), gate: "two#0".into(), reason: reason.into() });
+    assert!(w.state.runs["r1"].paused);
     assert_eq!(w.state.runs["r1"].pause_reason, reason);
-    assert!(guard_gate(&w.state, "r1").is_none(), "a paused run is not checked");
+    assert!(guard_gate(&w.state, "r1", w.now).is_none(), "a paused run is not checked");
     w.apply(Op::ResumeRun { run_id: "r1".into(), by: by("ops") });
-    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("two#0".to_string()));
+    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
     w.guards_passed.insert("r1".into(), "two#0".into());
     assert_eq!(assigned(&w.step()), ["r1"]);
     // After the last step the guards are checked once more before the run succeeds.
     let a = w.active("r1");
     w.finish(a, AttemptState::Succeeded);
     assert_eq!(w.run_state("r1"), RunState::Running);
-    assert_eq!(guard_gate(&w.state, "r1").map(|(g, _)| g), Some("end".to_string()));
+    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("end".to_string()));
     assert!(w.step().is_empty());
     w.guards_passed.insert("r1".into(), "end".into());
     assert_eq!(w.step(), [Op::GuardsPassed { run_id: "r1".into() }]);
