@@ -1423,7 +1423,8 @@ impl State {
             let run = self.runs.get(&run_id).expect("checked above");
             if !run.state.is_terminal() && run.cancel_requested && !others_active {
                 // The last attempt of a run being cancelled has stopped: it ends now.
-                let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
+                // The operator's reason (set when the cancel was asked) stays the run's error.
+                let error = (stopped == RunState::Cancelled && run.error.is_none()).then(|| "cancelled".to_string());
                 self.finish_run(&run_id, stopped, error, now);
             }
             self.release_locks_when_idle(&run_id);
@@ -1507,7 +1508,8 @@ impl State {
             }
             None if cancel_requested => {
                 if !others_active {
-                    let error = (stopped == RunState::Cancelled).then(|| "cancelled".to_string());
+                    let keep = self.runs.get(&run_id).is_some_and(|r| r.error.is_some());
+                    let error = (stopped == RunState::Cancelled && !keep).then(|| "cancelled".to_string());
                     self.finish_run(&run_id, stopped, error, now);
                 }
             }

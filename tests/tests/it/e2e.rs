@@ -186,6 +186,7 @@ fn logs_follow_a_run_live_and_cancel_stops_it() {
     assert!(out.ok(), "{out}");
     let run = dev.wait_run(&id, Duration::from_secs(30), |r| r["state"] == "cancelled");
     assert_eq!(run["steps"][1]["state"], "cancelled");
+    assert_eq!(run["error"], "test is done", "the operator's reason is the run's error");
     let logs = follower.join().unwrap();
     let text = String::from_utf8_lossy(&logs.stdout);
     for i in 1..=3 {
