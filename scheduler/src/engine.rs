@@ -174,16 +174,23 @@ impl Engine {
 
     /// Sleeps that are over, approvals nobody decided in time, runs past their own timeout.
     fn end_waits(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
+        // Per runbook version, looked up once per decision: thousands of queued runs share a
+        // handful of runbooks.
+        let mut timeouts: HashMap<(&str, &str), Option<u64>> = HashMap::new();
         for run_id in &state.active_runs {
             let Some(run) = state.runs.get(run_id) else { continue };
             if run.cancel_requested {
                 continue;
             }
+            let timeout = *timeouts
+                .entry((run.runbook.as_str(), run.version.as_str()))
+                .or_insert_with(|| state.runbook_of(run).and_then(|rb| rb.timeout_ms));
+            if run.state == RunState::Pending && timeout.is_none() && run.locks.is_empty() {
+                // Not started: nothing waits, and nothing can time out.
+                continue;
+            }
             // A run's timeout is checked once; its on_failure/on_cancel steps are not timed.
-            let limit = state
-                .runbook_of(run)
-                .and_then(|rb| rb.timeout_ms)
-                .filter(|_| !run.timed_out && run.finishing.is_none());
+            let limit = timeout.filter(|_| !run.timed_out && run.finishing.is_none());
             if let Some(limit) = limit
                 && view.now_ms
                     >= run
@@ -250,7 +257,25 @@ impl Engine {
         }
         let mut workers_free = free(&load);
         let mut lock_queue: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        // Whether a runbook version's first step needs a worker (per decision): with every
+        // worker busy, the runs queued behind them cost one lookup each, not a full look.
+        let mut first_needs_worker: HashMap<(&str, &str), bool> = HashMap::new();
         for (_, run_id) in order {
+            let run = &state.runs[run_id];
+            if !workers_free && run.state == RunState::Pending && run.locks.is_empty() {
+                let needs =
+                    *first_needs_worker.entry((run.runbook.as_str(), run.version.as_str())).or_insert_with(|| {
+                        state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| {
+                            matches!(s.action, Action::Exec(_))
+                                && s.foreach.is_none()
+                                && s.when.is_none()
+                                && s.group.is_none()
+                        })
+                    });
+                if needs {
+                    continue;
+                }
+            }
             let pending = pending_steps(state, run_id);
             if pending.is_empty() {
                 continue;
@@ -343,6 +368,9 @@ pub const AFTER_LAST_STEP: &str = crate::fsm::GUARD_GATE_END;
 
 /// Every run that waits at a guard gate: (run id, gate, guards).
 pub fn guard_gates(state: &State, now_ms: i64) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {
+    if !state.runbooks.values().any(|e| e.versions.values().any(|rb| !rb.guards.is_empty())) {
+        return Vec::new();
+    }
     state
         .active_runs
         .iter()
