@@ -126,20 +126,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = State { applied_index: 7, ..Default::default() };
         assert_eq!(restore(&encode(&state), dir.path(), &[1, 2, 3]).unwrap(), 7);
-        // sled lets go of its file lock when its background flusher stops, a moment after the
-        // restoring handle is dropped.
-        let mut tries = 0;
-        let store = loop {
-            match SledStore::open(&dir.path().join("store")) {
-                Ok(store) => break store,
-                Err(e) if tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    let _ = e;
-                }
-                Err(e) => panic!("{e}"),
-            }
-        };
+        // SledStore::open waits for the restoring handle's file lock to be released.
+        let store = SledStore::open(&dir.path().join("store")).unwrap();
         let snap = store.snapshot().unwrap();
         assert_eq!(snap.get_metadata().index, 7);
         assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);

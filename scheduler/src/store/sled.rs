@@ -71,11 +71,30 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// Opens the sled database. sled holds its directory's file lock until its background
+/// flusher has stopped, a moment after the last handle is dropped, so a reopen in the same
+/// process (a restart in tests, a restore followed by a start) may find it still held: the
+/// lock is waited for, up to 2 s. Another process holding it gets the error after that.
+fn open_db(dir: &Path) -> ::sled::Result<::sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match ::sled::Config::new().path(dir).open() {
+            // sled reports it as an `Other` I/O error with this text.
+            Err(::sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`, and checks that what it finds is a
     /// consistent log: `Corrupt` says which invariant is broken.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        let db = ::sled::Config::new().path(dir).open().map_err(sled_error(&format!("opening {}", dir.display())))?;
+        let db = open_db(dir).map_err(sled_error(&format!("opening {}", dir.display())))?;
         let raft = db.open_tree("raft").map_err(sled_error("opening the raft tree"))?;
         let outputs = db.open_tree("outputs").map_err(sled_error("opening the outputs tree"))?;
         let snapshots = db.open_tree("snapshots").map_err(sled_error("opening the snapshots tree"))?;
