@@ -141,6 +141,27 @@ pub enum BlackoutAction {
     Skip,
 }
 
+impl CatchUpPolicy {
+    /// The name as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUpPolicy::Skip => "skip",
+            CatchUpPolicy::Latest => "latest",
+            CatchUpPolicy::All => "all",
+        }
+    }
+}
+
+impl BlackoutAction {
+    /// The name as written in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlackoutAction::Hold => "hold",
+            BlackoutAction::Skip => "skip",
+        }
+    }
+}
+
 /// How late ticks are caught up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatchUp {

@@ -851,8 +851,7 @@ impl State {
         if self.runbook_of(run).is_none() {
             return Reply::Rejected(format!("run {run_id} has no runbook version to run again; start a new run"));
         }
-        let running: Vec<String> =
-            self.active_attempts.iter().filter(|(_, (r, _))| r == run_id).map(|(id, _)| id.to_string()).collect();
+        let running: Vec<String> = running_attempts(run).map(|id| id.to_string()).collect();
         if !running.is_empty() {
             return Reply::Rejected(format!(
                 "run {run_id} still has attempt(s) {} being stopped; retry once they have ended",
@@ -1054,14 +1053,7 @@ impl State {
                 );
                 self.fail_step(run_id, si, error, now, fx);
             }
-            _ => {
-                let step = &mut run.steps[si];
-                step.state = StepState::Succeeded;
-                step.finished_at_ms = now;
-                step.deadline_ms = 0;
-                self.group_progress(run_id, si, now);
-                self.settle(run_id, now);
-            }
+            _ => self.wait_succeeded(run_id, si, now),
         }
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
@@ -1141,15 +1133,21 @@ impl State {
                 step.decisions.iter().filter(|d| d.approve).map(|d| d.principal.as_str()).collect();
             if approved.len() >= rules.min_approvals as usize {
                 step.outputs.insert("approved_by".into(), approved.join(","));
-                step.state = StepState::Succeeded;
-                step.finished_at_ms = now;
-                step.deadline_ms = 0;
-                self.group_progress(run_id, si, now);
-                self.settle(run_id, now);
+                self.wait_succeeded(run_id, si, now);
             }
         }
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
+    }
+
+    /// A waiting step (a sleep that is over, an approval with enough approvals) succeeded.
+    fn wait_succeeded(&mut self, run_id: &str, si: usize, now: i64) {
+        let step = &mut self.runs.get_mut(run_id).expect("a current step's run").steps[si];
+        step.state = StepState::Succeeded;
+        step.finished_at_ms = now;
+        step.deadline_ms = 0;
+        self.group_progress(run_id, si, now);
+        self.settle(run_id, now);
     }
 
     fn timeout_run(&mut self, now: i64, run_id: &str, fx: &mut Vec<Effect>) -> Reply {
@@ -1419,7 +1417,7 @@ impl State {
             if attempt_state == AttemptState::Succeeded {
                 step.outputs = r.outputs;
             }
-            let others_active = self.active_attempts.values().any(|(r, _)| *r == run_id);
+            let others_active = running_attempts(&self.runs[&run_id]).next().is_some();
             let run = self.runs.get(&run_id).expect("checked above");
             if !run.state.is_terminal() && run.cancel_requested && !others_active {
                 // The last attempt of a run being cancelled has stopped: it ends now.
@@ -1498,7 +1496,7 @@ impl State {
         if matches!(step_state, StepState::Succeeded | StepState::Failed) && run_end.is_none() {
             self.group_progress(&run_id, si, now);
         }
-        let others_active = self.active_attempts.values().any(|(r, _)| *r == run_id);
+        let others_active = running_attempts(&self.runs[&run_id]).next().is_some();
         match run_end {
             // Being stopped: the run ends when its last attempt has stopped.
             Some((state, _)) if state == stopped && cancel_requested && others_active => {}
@@ -1646,7 +1644,7 @@ impl State {
     /// stopped, a force-failed step): the resource stays protected until it is really idle.
     fn release_locks_when_idle(&mut self, run_id: &str) {
         let Some(run) = self.runs.get_mut(run_id) else { return };
-        if !run.state.is_terminal() || !run.locks_held || self.active_attempts.values().any(|(r, _)| r == run_id) {
+        if !run.state.is_terminal() || !run.locks_held || running_attempts(run).next().is_some() {
             return;
         }
         run.locks_held = false;
@@ -1662,17 +1660,10 @@ impl State {
     pub fn budget_refusal(&self, rb: &Runbook, run: &Run, now: i64) -> Option<String> {
         let budget = rb.budget.as_ref()?;
         let key = run.budget_key.as_ref()?;
-        let per = i64::try_from(budget.per_ms).unwrap_or(i64::MAX);
-        let since = now.saturating_sub(per);
-        let used: Vec<&Run> = self
-            .runs_newest_first(&rb.name)
-            .take_while(|r| r.created_at_ms > since)
-            .filter(|r| r.budget_key.as_ref() == Some(key) && r.state != RunState::Missed)
-            .collect();
-        if used.len() < budget.max_runs as usize {
+        let (used, next) = self.budget_use(rb, key, now)?;
+        if used < budget.max_runs as usize {
             return None;
         }
-        let next = used.last().map_or(now, |r| r.created_at_ms).saturating_add(per);
         let for_key = if key.is_empty() { String::new() } else { format!(" for {key:?}") };
         Some(format!(
             "budget exhausted: at most {} run(s) of {} per {}{for_key}; the next is allowed from {next} (unix ms)",
@@ -1680,6 +1671,19 @@ impl State {
             rb.name,
             baton_core::duration::format_duration(budget.per_ms),
         ))
+    }
+
+    /// How much of `rb`'s budget runs with `key` have used at `now`: (runs in the window, when
+    /// the oldest of them leaves it). `None` without a budget.
+    pub fn budget_use(&self, rb: &Runbook, key: &str, now: i64) -> Option<(usize, i64)> {
+        let per = i64::try_from(rb.budget.as_ref()?.per_ms).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(per);
+        let used: Vec<&Run> = self
+            .runs_newest_first(&rb.name)
+            .take_while(|r| r.created_at_ms > since)
+            .filter(|r| r.budget_key.as_deref() == Some(key) && r.state != RunState::Missed)
+            .collect();
+        Some((used.len(), used.last().map_or(now, |r| r.created_at_ms).saturating_add(per)))
     }
 
     /// Takes every lock of a waiting run if all are free; with `lock_wait: skip` a run that
@@ -1761,6 +1765,12 @@ fn missed_record(schedule: &str, runbook: &str, first_tick_ms: i64, last_tick_ms
         handlers_ran: false,
         guards_after_passed: false,
     }
+}
+
+/// The ids of the run's attempts that are assigned or running (a look at the run's own steps,
+/// not at every active attempt of the cluster).
+fn running_attempts(run: &Run) -> impl Iterator<Item = u64> + '_ {
+    run.steps.iter().filter_map(|s| s.active_attempt()).map(|a| a.id)
 }
 
 /// ": REASON", or nothing for an empty reason.

@@ -14,14 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{Request, Uri, header};
 use baton_core::runbook::{Guard, GuardCheck};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::api::hooks::outbound::Outbound;
 
 /// How long one guard check may take.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,23 +83,16 @@ impl Guards {
     }
 }
 
-/// Checks guards over HTTP(S).
+/// Checks guards over HTTP(S), with the hooks' outgoing client.
+#[derive(Default)]
 pub struct Checker {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-}
-
-impl Default for Checker {
-    fn default() -> Checker {
-        Checker::new()
-    }
+    http: Outbound,
 }
 
 impl Checker {
     /// A checker with Mozilla's root certificates for https URLs.
     pub fn new() -> Checker {
-        let https =
-            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
-        Checker { client: Client::builder(TokioExecutor::new()).build(https) }
+        Checker::default()
     }
 
     /// Checks every guard in order (their templates rendered with `ctx`); the first failure
@@ -149,22 +137,7 @@ impl Checker {
     }
 
     async fn get(&self, url: &str) -> Result<(u16, Vec<u8>), String> {
-        let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(format!("{url:?} is not an http:// or https:// URL"));
-        }
-        let request = Request::get(uri)
-            .header(header::USER_AGENT, concat!("baton/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::new())
-            .map_err(|e| format!("building the request: {e}"))?;
-        let response = self.client.request(request).await.map_err(|e| format!("GET {}: {e}", short_url(url)))?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer of {}: {e}", short_url(url)))?
-            .to_bytes();
-        Ok((status, body.to_vec()))
+        self.http.get(url, MAX_ANSWER).await
     }
 }
 

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use baton_core::command::{Command, Op};
 use baton_core::runbook::ParamKind;
-use baton_core::schedule::{BlackoutAction, CatchUpPolicy};
 use baton_core::{Document, parse_document};
 use baton_proto::v1 as pb;
 use tokio::sync::broadcast;
@@ -431,12 +430,7 @@ fn schedule_to_pb(st: &crate::fsm::ScheduleState, now: i64) -> pb::Schedule {
         ticks_missed: st.ticks_missed,
         description: s.description.clone(),
         overlap: s.overlap.as_str().to_string(),
-        catch_up: match s.catch_up.policy {
-            CatchUpPolicy::Skip => "skip",
-            CatchUpPolicy::Latest => "latest",
-            CatchUpPolicy::All => "all",
-        }
-        .to_string(),
+        catch_up: s.catch_up.policy.as_str().to_string(),
         catch_up_window_ms: i64::try_from(s.catch_up.window_ms).unwrap_or(i64::MAX),
         jitter_ms: i64::try_from(s.jitter_ms).unwrap_or(i64::MAX),
         paused: st.paused,
@@ -445,11 +439,8 @@ fn schedule_to_pb(st: &crate::fsm::ScheduleState, now: i64) -> pb::Schedule {
             .blackouts
             .iter()
             .map(|b| {
-                let action = match b.action {
-                    BlackoutAction::Hold => "hold",
-                    BlackoutAction::Skip => "skip",
-                };
-                format!("{} for {} ({action})", b.cron, baton_core::duration::format_duration(b.duration_ms))
+                let duration = baton_core::duration::format_duration(b.duration_ms);
+                format!("{} for {duration} ({})", b.cron, b.action.as_str())
             })
             .collect(),
         blackout_until_ms: s.blackout_at(now).map_or(0, |(_, until)| until),

@@ -104,12 +104,7 @@ impl Api {
             let workers = self.workers.slots();
             let budget = match (&rb.budget, &run.budget_key) {
                 (Some(b), Some(key)) => {
-                    let since = now.saturating_sub(i64::try_from(b.per_ms).unwrap_or(i64::MAX));
-                    let used = s
-                        .runs_newest_first(&rb.name)
-                        .take_while(|r| r.created_at_ms > since)
-                        .filter(|r| r.budget_key.as_ref() == Some(key))
-                        .count();
+                    let (used, _) = s.budget_use(rb, key, now).unwrap_or((0, now));
                     let for_key = if key.is_empty() { String::new() } else { format!(" for {key:?}") };
                     let per = baton_core::duration::format_duration(b.per_ms);
                     format!("{used} of {} run(s) per {per} used{for_key}", b.max_runs)
@@ -252,8 +247,17 @@ fn plan_step(
 /// A rendered input with each secret marker shown as `<secret REFERENCE>`: a plan names
 /// secrets, it never holds them.
 fn show_secrets(text: &str) -> String {
-    let start = format!("{}baton-secret:", baton_core::template::SECRET_MARKER_START);
-    text.replace(&start, "<secret ").replace(baton_core::template::SECRET_MARKER_END, ">")
+    use baton_core::template::{Segment, secret_segments};
+    match secret_segments(text) {
+        Ok(segments) => segments
+            .into_iter()
+            .map(|s| match s {
+                Segment::Text(t) => t.to_string(),
+                Segment::Secret(r) => format!("<secret {r}>"),
+            })
+            .collect(),
+        Err(_) => "<a damaged secret marker>".to_string(),
+    }
 }
 
 /// Longest principal name and decision reason accepted.

@@ -75,10 +75,6 @@ fn assignments(ops: &[Op]) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn attempt_of(w: &World, run: &str, step: &str) -> u64 {
-    w.state.runs[run].steps.iter().find(|s| s.id == step).and_then(|s| s.active_attempt()).map(|a| a.id).unwrap()
-}
-
 #[test]
 fn a_parallel_group_runs_at_once_and_the_next_step_waits_for_all() {
     let mut w = World::new(&[CHECKS]);
@@ -86,17 +82,17 @@ fn a_parallel_group_runs_at_once_and_the_next_step_waits_for_all() {
     let ops = w.step();
     let started: Vec<String> = assignments(&ops).into_iter().map(|(s, _, _)| s).collect();
     assert_eq!(started, ["disk", "mem"], "{ops:?}");
-    w.finish(attempt_of(&w, "r1", "disk"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "disk"), AttemptState::Succeeded);
     assert!(assignments(&w.step()).is_empty(), "report waits for mem");
-    w.finish(attempt_of(&w, "r1", "mem"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "mem"), AttemptState::Succeeded);
     let ops = w.step();
     assert_eq!(assignments(&ops), [("report".into(), "succeeded succeeded".into(), "w1".into())]);
 
     // One step of the group fails: the run fails and the other is asked to stop.
     w.start("r2", "checks");
     w.step();
-    let mem = attempt_of(&w, "r2", "mem");
-    let (_, fx) = w.finish(attempt_of(&w, "r2", "disk"), AttemptState::Failed);
+    let mem = w.active_of("r2", "mem");
+    let (_, fx) = w.finish(w.active_of("r2", "disk"), AttemptState::Failed);
     assert_eq!(w.run_state("r2"), RunState::Failed);
     assert!(fx.iter().any(|e| matches!(e, Effect::CancelAttempt { attempt_id, .. } if *attempt_id == mem)), "{fx:?}");
     w.finish(mem, AttemptState::Cancelled);
@@ -119,18 +115,18 @@ fn foreach_runs_targets_in_batches_with_bake_and_tolerates_max_failures() {
     let argv: Vec<String> = assignments(&ops).into_iter().map(|(_, a, _)| a).collect();
     assert_eq!(argv, ["a", "b"]);
     // a fails (1 failure is allowed), b succeeds: the batch is done, the next waits 30 s.
-    w.finish(attempt_of(&w, "r1", "restart[a]"), AttemptState::Failed);
+    w.finish(w.active_of("r1", "restart[a]"), AttemptState::Failed);
     assert!(w.state.runs["r1"].steps[0].failure_tolerated);
     assert_eq!(w.run_state("r1"), RunState::Running);
-    w.finish(attempt_of(&w, "r1", "restart[b]"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "restart[b]"), AttemptState::Succeeded);
     assert!(assignments(&w.step()).is_empty(), "baking");
     assert!(assignments(&w.advance(29_999)).is_empty(), "still baking");
     let ops = w.advance(1);
     let argv: Vec<String> = assignments(&ops).into_iter().map(|(_, a, _)| a).collect();
     assert_eq!(argv, ["c", "d"]);
     // A second failure is one too many: the step fails, target e never starts.
-    w.finish(attempt_of(&w, "r1", "restart[c]"), AttemptState::Succeeded);
-    let (_, _) = w.finish(attempt_of(&w, "r1", "restart[d]"), AttemptState::Failed);
+    w.finish(w.active_of("r1", "restart[c]"), AttemptState::Succeeded);
+    let (_, _) = w.finish(w.active_of("r1", "restart[d]"), AttemptState::Failed);
     assert_eq!(w.run_state("r1"), RunState::Failed);
     assert_eq!(
         w.state.runs["r1"].error.as_deref(),
@@ -146,7 +142,7 @@ fn a_foreach_step_is_seen_whole_by_later_steps_and_an_empty_list_skips_it() {
     start(&mut w, "r1", "rolling", &["a"]);
     w.step();
     w.step();
-    w.finish(attempt_of(&w, "r1", "restart[a]"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "restart[a]"), AttemptState::Succeeded);
     let ops = w.step();
     assert_eq!(assignments(&ops), [("done".into(), "all restarted".into(), "w1".into())], "{ops:?}");
 
@@ -177,7 +173,7 @@ fn a_worker_selector_runs_each_target_on_its_worker() {
     // 50% of 2 targets: one at a time, each on its own worker even when another has room.
     let ops = w.step();
     assert_eq!(assignments(&ops), [("clean[web-1]".into(), "web-1".into(), "web-1".into())]);
-    w.finish(attempt_of(&w, "r1", "clean[web-1]"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "clean[web-1]"), AttemptState::Succeeded);
     w.workers.retain(|s| s.id != "web-2");
     assert!(assignments(&w.step()).is_empty(), "waits for its worker");
     w.workers.push(worker("web-2", "web"));

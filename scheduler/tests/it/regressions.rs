@@ -60,10 +60,6 @@ steps:
     with: { command: ["done"] }
 "#;
 
-fn attempt_of(w: &World, run: &str, step: &str) -> u64 {
-    w.state.runs[run].steps.iter().find(|s| s.id == step).and_then(|s| s.active_attempt()).map(|a| a.id).unwrap()
-}
-
 fn step_state(w: &World, run: &str, step: &str) -> StepState {
     w.state.runs[run].steps.iter().find(|s| s.id == step).unwrap().state
 }
@@ -73,21 +69,21 @@ fn a_cancel_or_timeout_between_steps_runs_the_handler_and_ends() {
     let mut w = World::new(&[HANDLED]);
     w.start("r1", "handled");
     w.step();
-    w.finish(attempt_of(&w, "r1", "work"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "work"), AttemptState::Succeeded);
     // Between steps, nothing running: the cancel runs on_cancel, then the run ends.
     w.apply(Op::CancelRun { run_id: "r1".into(), reason: "stop".into(), by: by("ops") });
     assert_eq!(step_state(&w, "r1", "after"), StepState::Cancelled);
     assert_eq!(step_state(&w, "r1", "restore"), StepState::Pending, "the handler is not cancelled with the rest");
     w.step();
-    w.finish(attempt_of(&w, "r1", "restore"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "restore"), AttemptState::Succeeded);
     assert_eq!(w.run_state("r1"), RunState::Cancelled);
     // The run's own timeout between steps: on_failure runs, then it fails.
     w.start("r2", "handled");
     w.step();
-    w.finish(attempt_of(&w, "r2", "work"), AttemptState::Succeeded);
+    w.finish(w.active_of("r2", "work"), AttemptState::Succeeded);
     w.apply(Op::TimeoutRun { run_id: "r2".into() });
     w.step();
-    w.finish(attempt_of(&w, "r2", "page"), AttemptState::Succeeded);
+    w.finish(w.active_of("r2", "page"), AttemptState::Succeeded);
     assert_eq!(w.run_state("r2"), RunState::Failed);
     // A run cancelled before it started has nothing to clean up.
     w.start("r3", "handled");
@@ -102,8 +98,8 @@ fn a_failed_group_keeps_its_lock_until_the_sibling_stopped_and_cannot_be_retried
     w.start("r1", "group");
     w.step();
     w.step();
-    let b = attempt_of(&w, "r1", "b");
-    w.finish(attempt_of(&w, "r1", "a"), AttemptState::Failed);
+    let b = w.active_of("r1", "b");
+    w.finish(w.active_of("r1", "a"), AttemptState::Failed);
     // on_failure runs; b is being stopped; the run still holds its lock.
     assert_eq!(w.run_state("r1"), RunState::Running);
     assert_eq!(w.state.locks["db"].0, "r1");
@@ -111,7 +107,7 @@ fn a_failed_group_keeps_its_lock_until_the_sibling_stopped_and_cannot_be_retried
     assert!(why.contains("is running; only a failed") || why.contains("still has attempt"), "{why}");
     // Cancelled meanwhile: the handler's result comes first, b's last; the run ends.
     w.step();
-    let page = attempt_of(&w, "r1", "page");
+    let page = w.active_of("r1", "page");
     w.apply(Op::CancelRun { run_id: "r1".into(), reason: "enough".into(), by: by("ops") });
     w.finish(page, AttemptState::Cancelled);
     assert!(!w.state.runs["r1"].state.is_terminal(), "b has not stopped yet");
@@ -133,11 +129,11 @@ fn a_retried_foreach_keeps_its_targets_and_on_error_continue_goes_past_it() {
     w.step();
     // a fails with max_failures 0: b is not started, and with on_error: continue the run
     // goes on to `done` instead of hanging.
-    w.finish(attempt_of(&w, "r1", "restart[a]"), AttemptState::Failed);
+    w.finish(w.active_of("r1", "restart[a]"), AttemptState::Failed);
     assert_eq!(step_state(&w, "r1", "restart[b]"), StepState::Cancelled);
     let ops = w.step();
     assert!(matches!(&ops[..], [Op::Assign { step_id, .. }] if step_id == "done"), "{ops:?}");
-    w.finish(attempt_of(&w, "r1", "done"), AttemptState::Failed);
+    w.finish(w.active_of("r1", "done"), AttemptState::Failed);
     assert_eq!(w.run_state("r1"), RunState::Failed);
     // Retried from the first target: it is the same target again, not an unknown step.
     let op = Op::RetryRun { run_id: "r1".into(), from_step: Some("restart[a]".into()), by: by("ops") };
@@ -151,9 +147,9 @@ fn a_retried_foreach_keeps_its_targets_and_on_error_continue_goes_past_it() {
     let mut w2 = World::new(&[HANDLED]);
     w2.start("r2", "handled");
     w2.step();
-    w2.finish(attempt_of(&w2, "r2", "work"), AttemptState::Failed);
+    w2.finish(w2.active_of("r2", "work"), AttemptState::Failed);
     w2.step();
-    w2.finish(attempt_of(&w2, "r2", "page"), AttemptState::Succeeded);
+    w2.finish(w2.active_of("r2", "page"), AttemptState::Succeeded);
     let op = Op::RetryRun { run_id: "r2".into(), from_step: Some("after".into()), by: by("ops") };
     assert!(rejected(w2.apply(op).0).contains("comes after step work, which did not succeed"));
 }
@@ -167,11 +163,11 @@ fn a_late_assignment_for_an_earlier_round_of_a_step_is_ignored() {
     assert_eq!(w.state.runs["r1"].steps[0].attempts.len(), 1);
     // The same decision, committed again later (a re-proposal): it names 0 attempts.
     let mut late = ops[0].clone();
-    w.finish(attempt_of(&w, "r1", "work"), AttemptState::Failed);
+    w.finish(w.active_of("r1", "work"), AttemptState::Failed);
     let op = Op::RetryRun { run_id: "r1".into(), from_step: None, by: by("ops") };
     // The run is finishing (on_failure): let it end first.
     w.step();
-    w.finish(attempt_of(&w, "r1", "page"), AttemptState::Succeeded);
+    w.finish(w.active_of("r1", "page"), AttemptState::Succeeded);
     assert_eq!(w.apply(op).0, Reply::Done);
     if let Op::Assign { expected_attempts, .. } = &mut late {
         assert_eq!(*expected_attempts, Some(0));

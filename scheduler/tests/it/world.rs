@@ -113,6 +113,12 @@ impl World {
             .unwrap_or_else(|| panic!("run {run} has no active attempt: {:#?}", self.state.runs[run]))
     }
 
+    /// The active attempt of step `step` of run `run`.
+    pub fn active_of(&self, run: &str, step: &str) -> u64 {
+        let s = self.state.runs[run].steps.iter().find(|s| s.id == step);
+        s.and_then(|s| s.active_attempt()).map(|a| a.id).unwrap_or_else(|| panic!("{run}/{step} has no active attempt"))
+    }
+
     /// The worker reports the attempt's outcome.
     pub fn finish(&mut self, attempt_id: u64, state: baton_core::run::AttemptState) -> (Reply, Vec<Effect>) {
         let ok = state == baton_core::run::AttemptState::Succeeded;

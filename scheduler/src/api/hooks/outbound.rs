@@ -1,5 +1,5 @@
-//! The hooks' one outgoing HTTP(S) client: JSON posts to a command's `response_url` and to
-//! incoming webhooks.
+//! Baton's one outgoing HTTP(S) client: JSON posts to a command's `response_url` and to
+//! incoming webhooks, and the GETs of guard checks (crate::guards).
 //!
 //! It is hyper's client (already in the build for tonic and axum) with rustls and Mozilla's
 //! root certificates compiled in (`webpki-roots`), so it needs no system OpenSSL nor CA
@@ -84,6 +84,27 @@ impl Outbound {
         tokio::time::timeout(POST_TIMEOUT, exchange)
             .await
             .unwrap_or_else(|_| Err(format!("{where_to} did not answer within {POST_TIMEOUT:?}")))
+    }
+}
+
+impl Outbound {
+    /// GETs `url`: the status and up to `max_body` bytes of the answer. The error names the
+    /// URL without its query (it may carry a token).
+    pub async fn get(&self, url: &str, max_body: usize) -> Result<(u16, Vec<u8>), String> {
+        let uri = check_url(url)?;
+        let shown = url.split('?').next().unwrap_or(url);
+        let request = Request::get(uri)
+            .header(header::USER_AGENT, concat!("baton/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("building the request: {e}"))?;
+        let response = self.client.request(request).await.map_err(|e| format!("GET {shown}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), max_body)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer of {shown}: {e}"))?
+            .to_bytes();
+        Ok((status, body.to_vec()))
     }
 }
 
