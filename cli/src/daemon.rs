@@ -316,6 +316,11 @@ pub struct WorkerArgs {
     /// Attempts run at once.
     #[arg(long, default_value_t = 4)]
     pub capacity: u32,
+    /// Assignments accepted beyond --capacity and queued on this worker, so a slot that frees
+    /// starts the next step without a round trip to the cluster. Worth it for many short
+    /// steps; a queued step waits for this worker even if another one has room.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
 }
 
 /// Parses `KEY=VALUE`.
@@ -465,11 +470,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "worker".into()),
     };
-    if args.capacity == 0 {
-        bail!("--capacity must be at least 1");
+    if args.capacity == 0 || args.capacity > 1024 {
+        bail!("--capacity must be between 1 and 1024");
+    }
+    if args.prefetch > 1024 {
+        bail!("--prefetch must be at most 1024");
     }
     let mut config = WorkerConfig::new(id, args.server.iter().map(|s| endpoint(s)).collect());
     config.capacity = args.capacity;
+    config.prefetch = args.prefetch;
     config.labels = args.labels.into_iter().collect();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run_worker(config, shutdown.clone()));

@@ -27,6 +27,7 @@ struct Session {
     closed: CancellationToken,
     tx: SessionTx,
     capacity: u32,
+    prefetch: u32,
     labels: BTreeMap<String, String>,
     connected_at_ms: i64,
     /// The applied index when it registered: assignments at or below it are not sent.
@@ -53,9 +54,7 @@ impl Workers {
         id: &str,
         tx: SessionTx,
         closed: CancellationToken,
-        reported_running: std::collections::HashSet<u64>,
-        capacity: u32,
-        labels: BTreeMap<String, String>,
+        register: &pb::Register,
         now_ms: i64,
         applied_index: u64,
     ) -> u64 {
@@ -69,11 +68,12 @@ impl Workers {
             no,
             closed,
             tx,
-            capacity,
-            labels,
+            capacity: register.capacity,
+            prefetch: register.prefetch,
+            labels: register.labels.clone().into_iter().collect(),
             connected_at_ms: now_ms,
             registered_at_index: applied_index,
-            reported_running,
+            reported_running: register.running_attempts.iter().copied().collect(),
         };
         if let Some(old) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session) {
             // A worker has one session: the newer one wins.
@@ -125,7 +125,12 @@ impl Workers {
         order
             .iter()
             .filter_map(|id| {
-                sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.capacity, labels: s.labels.clone() })
+                sessions.get(id).map(|s| WorkerSlot {
+                    id: id.clone(),
+                    capacity: s.capacity,
+                    prefetch: s.prefetch,
+                    labels: s.labels.clone(),
+                })
             })
             .collect()
     }
@@ -139,6 +144,7 @@ impl Workers {
                 id: id.clone(),
                 labels: s.labels.clone().into_iter().collect(),
                 capacity: s.capacity,
+                prefetch: s.prefetch,
                 running: load.get(id.as_str()).copied().unwrap_or(0),
                 connected_at_ms: s.connected_at_ms,
             })

@@ -30,6 +30,8 @@ pub struct WorkerSlot {
     pub id: String,
     /// How many attempts it runs at once.
     pub capacity: u32,
+    /// How many more it accepts and queues until a slot frees (`baton worker --prefetch`).
+    pub prefetch: u32,
     /// Its labels (`foreach: { workers: ... }` selects by them).
     pub labels: BTreeMap<String, String>,
 }
@@ -63,6 +65,13 @@ pub struct Engine {
     assigning: HashMap<(String, usize, usize), (i64, String)>,
 }
 
+impl WorkerSlot {
+    /// How many attempts it may hold (running or queued): the engine assigns up to this.
+    pub fn holds(&self) -> u32 {
+        self.capacity.saturating_add(self.prefetch)
+    }
+}
+
 impl Engine {
     /// A fresh engine (after a leader change nothing is in flight).
     pub fn new() -> Engine {
@@ -81,8 +90,13 @@ impl Engine {
         let mut ops = Vec::new();
         self.fire_schedules(state, view, &mut ops);
         self.expire_attempts(state, view, &mut ops);
-        self.end_waits(state, view, &mut ops);
-        self.assign_steps(state, view, &mut ops);
+        // Oldest run first, so waiting runs are served in the order they were triggered. Each
+        // run is looked up once per decision: with thousands queued, lookups are the cost.
+        let mut order: Vec<(i64, &String, &Run)> =
+            state.active_runs.iter().filter_map(|id| state.runs.get(id).map(|r| (r.created_at_ms, id, r))).collect();
+        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        self.end_waits(state, &order, view, &mut ops);
+        self.assign_steps(state, &order, view, &mut ops);
         ops
     }
 
@@ -173,18 +187,13 @@ impl Engine {
     }
 
     /// Sleeps that are over, approvals nobody decided in time, runs past their own timeout.
-    fn end_waits(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
-        // Per runbook version, looked up once per decision: thousands of queued runs share a
-        // handful of runbooks.
-        let mut timeouts: HashMap<(&str, &str), Option<u64>> = HashMap::new();
-        for run_id in &state.active_runs {
-            let Some(run) = state.runs.get(run_id) else { continue };
+    fn end_waits<'s>(&mut self, state: &'s State, order: &[(i64, &String, &'s Run)], view: &View, ops: &mut Vec<Op>) {
+        let mut timeouts = PerVersion::default();
+        for &(_, run_id, run) in order {
             if run.cancel_requested {
                 continue;
             }
-            let timeout = *timeouts
-                .entry((run.runbook.as_str(), run.version.as_str()))
-                .or_insert_with(|| state.runbook_of(run).and_then(|rb| rb.timeout_ms));
+            let timeout = timeouts.get(run, || state.runbook_of(run).and_then(|rb| rb.timeout_ms));
             if run.state == RunState::Pending && timeout.is_none() && run.locks.is_empty() {
                 // Not started: nothing waits, and nothing can time out.
                 continue;
@@ -222,7 +231,13 @@ impl Engine {
         }
     }
 
-    fn assign_steps(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
+    fn assign_steps<'s>(
+        &mut self,
+        state: &'s State,
+        order: &[(i64, &'s String, &'s Run)],
+        view: &View,
+        ops: &mut Vec<Op>,
+    ) {
         // An assignment stops being in flight once applied (the step is no longer pending with
         // that many attempts) or when it expires; until then its worker's slot stays taken.
         self.assigning.retain(|(run_id, si, attempts), (deadline, _)| {
@@ -234,24 +249,24 @@ impl Engine {
             *load.entry(worker.clone()).or_insert(0) += 1;
         }
         let free = |load: &BTreeMap<String, u32>| {
-            view.workers.iter().any(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
+            view.workers.iter().any(|w| load.get(&w.id).copied().unwrap_or(0) < w.holds())
         };
-        // Oldest run first, so waiting runs are served in the order they were triggered.
-        let mut order: Vec<(i64, &String)> =
-            state.active_runs.iter().filter_map(|id| state.runs.get(id).map(|r| (r.created_at_ms, id))).collect();
-        order.sort();
-        // Runs started per runbook (for `concurrency`), counting starts in flight.
+        let assigning_runs: std::collections::HashSet<String> =
+            self.assigning.keys().map(|(r, _, _)| r.clone()).collect();
+        // Runs started per runbook (for `concurrency`), counting starts in flight; counted only
+        // when some runbook has a limit.
         let mut started: HashMap<&str, u32> = HashMap::new();
-        for (_, id) in &order {
-            let run = &state.runs[*id];
-            if run.state != RunState::Pending || self.assigning.keys().any(|(r, _, _)| r == *id) {
-                *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+        if state.runbooks.values().any(|e| e.versions.values().any(|rb| rb.concurrency.is_some())) {
+            for (_, id, run) in order {
+                if run.state != RunState::Pending || assigning_runs.contains(id.as_str()) {
+                    *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+                }
             }
         }
         // The oldest active run of each schedule: runs of one-at-a-time schedules wait for it.
         let mut oldest_of_schedule: HashMap<&str, &str> = HashMap::new();
-        for (_, id) in &order {
-            if let Some(name) = state.runs[*id].trigger.schedule() {
+        for (_, id, run) in order {
+            if let Some(name) = run.trigger.schedule() {
                 oldest_of_schedule.entry(name).or_insert(id.as_str());
             }
         }
@@ -259,19 +274,17 @@ impl Engine {
         let mut lock_queue: std::collections::HashSet<&str> = std::collections::HashSet::new();
         // Whether a runbook version's first step needs a worker (per decision): with every
         // worker busy, the runs queued behind them cost one lookup each, not a full look.
-        let mut first_needs_worker: HashMap<(&str, &str), bool> = HashMap::new();
-        for (_, run_id) in order {
-            let run = &state.runs[run_id];
+        let mut first_needs_worker = PerVersion::default();
+        for &(_, run_id, run) in order {
             if !workers_free && run.state == RunState::Pending && run.locks.is_empty() {
-                let needs =
-                    *first_needs_worker.entry((run.runbook.as_str(), run.version.as_str())).or_insert_with(|| {
-                        state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| {
-                            matches!(s.action, Action::Exec(_))
-                                && s.foreach.is_none()
-                                && s.when.is_none()
-                                && s.group.is_none()
-                        })
-                    });
+                let needs = first_needs_worker.get(run, || {
+                    state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| {
+                        matches!(s.action, Action::Exec(_))
+                            && s.foreach.is_none()
+                            && s.when.is_none()
+                            && s.group.is_none()
+                    })
+                });
                 if needs {
                     continue;
                 }
@@ -280,7 +293,6 @@ impl Engine {
             if pending.is_empty() {
                 continue;
             }
-            let run = &state.runs[run_id];
             let runbook = state.runbook_of(run);
             let needs_worker = |si: usize| {
                 runbook
@@ -291,7 +303,7 @@ impl Engine {
             if !workers_free && pending.iter().all(|(si, _)| needs_worker(*si)) {
                 continue;
             }
-            if run.state == RunState::Pending && !self.assigning.keys().any(|(r, _, _)| r == run_id) {
+            if run.state == RunState::Pending && !assigning_runs.contains(run_id.as_str()) {
                 if held_by_schedule(state, run, view.now_ms, &oldest_of_schedule) {
                     continue;
                 }
@@ -351,6 +363,29 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// Something derived from a runbook version, remembered for one decision: thousands of queued
+/// runs share a handful of versions, and comparing a few short keys is cheaper than hashing.
+struct PerVersion<'s, T> {
+    entries: Vec<(&'s str, &'s str, T)>,
+}
+
+impl<T> Default for PerVersion<'_, T> {
+    fn default() -> Self {
+        PerVersion { entries: Vec::new() }
+    }
+}
+
+impl<'s, T: Copy> PerVersion<'s, T> {
+    fn get(&mut self, run: &'s Run, derive: impl FnOnce() -> T) -> T {
+        if let Some((_, _, value)) = self.entries.iter().find(|(rb, v, _)| *v == run.version && *rb == run.runbook) {
+            return *value;
+        }
+        let value = derive();
+        self.entries.push((&run.runbook, &run.version, value));
+        value
     }
 }
 
@@ -482,7 +517,7 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             return Some(Op::OpenWait { run_id: run.id.clone(), step_id, prompt });
         }
     };
-    // Least-loaded worker with free capacity; ties go to the earliest registered. Chosen
+    // Least-loaded worker with room (a free slot before a prefetch place); ties go to the earliest registered. Chosen
     // before rendering: with every worker busy, waiting runs cost nothing per decision.
     // A target of `foreach: { workers: ... }` runs on its own worker, and waits for it.
     let pinned = run.steps[si].target_worker.as_deref();
@@ -490,8 +525,11 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         .workers
         .iter()
         .filter(|w| pinned.is_none_or(|p| p == w.id))
-        .filter(|w| load.get(&w.id).copied().unwrap_or(0) < w.capacity)
-        .min_by_key(|w| load.get(&w.id).copied().unwrap_or(0))?;
+        .filter(|w| load.get(&w.id).copied().unwrap_or(0) < w.holds())
+        .min_by_key(|w| {
+            let n = load.get(&w.id).copied().unwrap_or(0);
+            (n >= w.capacity, n)
+        })?;
     let rendered = match render_exec(exec, &ctx) {
         Ok(r) => r,
         Err(e) => return Some(Op::RenderFailed { run_id: run.id.clone(), step_id, error: e.to_string() }),
@@ -683,6 +721,39 @@ steps:
         assert!(again.is_empty(), "{again:?}");
         // Rendered from the run's params.
         assert!(matches!(&ops[0], Op::Assign { argv, .. } if argv == &["echo", "x"]));
+    }
+
+    #[test]
+    fn prefetch_places_are_filled_after_free_slots_everywhere() {
+        let mut w = World::new();
+        for i in 0..6 {
+            w.start(&format!("r{i}"));
+        }
+        let mut v = view(10, &[("a", 1), ("b", 1)]);
+        v.workers[0].prefetch = 2;
+        let ops = Engine::new().decide(&w.state, &v);
+        let assigned: Vec<(&str, &str)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Assign { run_id, worker, .. } => Some((run_id.as_str(), worker.as_str())),
+                _ => None,
+            })
+            .collect();
+        // b's free slot is used before a's queue: a holds 1 running + 2 queued, b 1; the
+        // oldest runs go first and r4, r5 wait in the cluster.
+        assert_eq!(assigned, [("r0", "a"), ("r1", "b"), ("r2", "a"), ("r3", "a")], "{ops:?}");
+        // A free slot anywhere wins over a queue place on a less loaded worker.
+        let mut v = view(10, &[("a", 1), ("b", 3)]);
+        v.workers[0].prefetch = 4;
+        let ops = Engine::new().decide(&w.state, &v);
+        let on: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Assign { worker, .. } => Some(worker.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(on, ["a", "b", "b", "b", "a", "a"], "{ops:?}");
     }
 
     #[test]

@@ -313,7 +313,11 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = applied.recv() => {}
+            _ = applied.recv() => {
+                // One decision covers every batch applied meanwhile: under load, batches
+                // arrive faster than decisions are made, and each decision reads the whole state.
+                while !matches!(applied.try_recv(), Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)) {}
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -39,6 +39,10 @@ pub struct WorkerConfig {
     pub labels: BTreeMap<String, String>,
     /// Attempts run at once.
     pub capacity: u32,
+    /// Assignments accepted beyond `capacity`, queued here (first come, first run) until a
+    /// slot frees, so a slot never waits for a round trip to the cluster. A queued attempt
+    /// is not started: its step timeout starts when it runs, and a cancel drops it.
+    pub prefetch: u32,
     /// Bytes of each stream's tail kept in a result.
     pub tail_bytes: usize,
     /// Between SIGTERM and SIGKILL when an attempt is timed out or cancelled.
@@ -53,6 +57,7 @@ impl WorkerConfig {
             id: id.into(),
             labels: BTreeMap::new(),
             capacity: 4,
+            prefetch: 0,
             tail_bytes: 16 * 1024,
             kill_grace: Duration::from_secs(5),
         }
@@ -69,6 +74,8 @@ struct Memory {
     unacked: BTreeMap<u64, (pb::AttemptResult, std::time::Instant)>,
     /// The current session's outbound stream, if connected.
     out: Option<mpsc::Sender<pb::WorkerMessage>>,
+    /// One permit per slot (`capacity`); accepted attempts wait for one in arrival order.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Memory {
@@ -102,7 +109,9 @@ async fn send(m: &Shared, msg: pb::worker_message::Msg) {
 /// Runs the worker until `shutdown`: connect, serve, reconnect with backoff.
 pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(!config.servers.is_empty(), "no scheduler address given");
+    anyhow::ensure!(config.capacity > 0, "capacity must be at least 1");
     let memory: Shared = Arc::default();
+    lock(&memory).slots = Some(Arc::new(tokio::sync::Semaphore::new(config.capacity as usize)));
     // Every server is tried in turn, 50 ms apart; only after a whole round failed does the
     // worker back off (100 ms doubling to 1 s). A failover therefore costs the worker about
     // one election, not a long backoff: its running attempts must be reported to the new
@@ -189,6 +198,7 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registere
             worker_id: config.id.clone(),
             labels: config.labels.clone().into_iter().collect(),
             capacity: config.capacity,
+            prefetch: config.prefetch,
             running_attempts: m.running.keys().copied().collect(),
             unacked_results: m.unacked.values().map(|(r, _)| r.clone()).collect(),
         };
@@ -306,6 +316,30 @@ fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) -> bool {
 
 async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token: CancellationToken) {
     let attempt_id = a.attempt_id;
+    // A prefetched attempt waits here for a slot; cancelled meanwhile, it never starts.
+    let slots = lock(&memory).slots.clone();
+    let waited = match slots {
+        Some(slots) => tokio::select! {
+            biased;
+            _ = token.cancelled() => Err(()),
+            permit = slots.acquire_owned() => permit.map(Some).map_err(drop),
+        },
+        None => Ok(None),
+    };
+    let Ok(_permit) = waited else {
+        tracing::info!(attempt = attempt_id, "cancelled before it started");
+        let result = pb::AttemptResult {
+            attempt_id,
+            run_id: a.run_id,
+            step_id: a.step_id,
+            state: pb::AttemptState::Cancelled as i32,
+            error: "cancelled before it started".into(),
+            finished_at_ms: now_ms(),
+            ..Default::default()
+        };
+        finish(&memory, result).await;
+        return;
+    };
     tracing::info!(attempt = attempt_id, run = a.run_id, step = a.step_id, argv = ?a.argv, "starting attempt");
     send(&memory, pb::worker_message::Msg::Started(pb::AttemptStarted { attempt_id, at_ms: now_ms() })).await;
     let mut req = ExecRequest {
@@ -376,12 +410,17 @@ async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token:
         error: outcome.error.unwrap_or_default(),
         finished_at_ms: now_ms(),
     };
+    finish(&memory, result).await;
+}
+
+/// Keeps a result until it is acknowledged, and reports it.
+async fn finish(memory: &Shared, result: pb::AttemptResult) {
     {
-        let mut m = lock(&memory);
-        m.running.remove(&attempt_id);
-        m.unacked.insert(attempt_id, (result.clone(), std::time::Instant::now()));
+        let mut m = lock(memory);
+        m.running.remove(&result.attempt_id);
+        m.unacked.insert(result.attempt_id, (result.clone(), std::time::Instant::now()));
     }
-    send(&memory, pb::worker_message::Msg::Result(result)).await;
+    send(memory, pb::worker_message::Msg::Result(result)).await;
 }
 
 fn now_ms() -> i64 {
@@ -425,5 +464,30 @@ mod tests {
         assert!(m.unacked[&8].0.error.contains("refused"));
         assert_eq!(m.unacked[&7].0.state, pb::AttemptState::Succeeded as i32);
         assert!(m.running.is_empty());
+    }
+
+    #[tokio::test]
+    async fn prefetched_attempts_wait_for_a_slot_and_a_cancel_drops_them_unstarted() {
+        let config = WorkerConfig::new("w", vec!["http://127.0.0.1:1".into()]);
+        let memory: Shared = Arc::default();
+        lock(&memory).slots = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+        let (out, mut sent) = mpsc::channel(64);
+        lock(&memory).out = Some(out);
+        let mut long = assignment(1, 1);
+        long.argv = vec!["sleep".into(), "30".into()];
+        assert!(accept(&config, &memory, long));
+        assert!(accept(&config, &memory, assignment(2, 1)));
+        // 1 starts; 2 waits for the only slot and is held, not started.
+        let first = sent.recv().await.unwrap();
+        assert!(matches!(first.msg, Some(pb::worker_message::Msg::Started(s)) if s.attempt_id == 1));
+        assert_eq!(lock(&memory).running.len(), 2, "a queued attempt is held (reported on registering)");
+        lock(&memory).running[&2].cancel();
+        let next = sent.recv().await.unwrap();
+        let Some(pb::worker_message::Msg::Result(r)) = next.msg else { panic!("expected a result, got {next:?}") };
+        assert_eq!((r.attempt_id, r.state), (2, pb::AttemptState::Cancelled as i32));
+        assert!(r.error.contains("before it started"), "{}", r.error);
+        // 1 is still running; cancelling it frees the slot.
+        assert_eq!(lock(&memory).running.keys().copied().collect::<Vec<_>>(), vec![1]);
+        lock(&memory).running[&1].cancel();
     }
 }

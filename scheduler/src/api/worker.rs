@@ -58,6 +58,9 @@ fn validate_register(r: &pb::Register) -> Result<(), ApiError> {
     if r.capacity == 0 || r.capacity > MAX_CAPACITY {
         return Err(ApiError::invalid("register.capacity", format!("must be between 1 and {MAX_CAPACITY}")));
     }
+    if r.prefetch > MAX_CAPACITY {
+        return Err(ApiError::invalid("register.prefetch", format!("must be at most {MAX_CAPACITY}")));
+    }
     Ok(())
 }
 
@@ -101,16 +104,7 @@ impl Api {
         // assignment is either in the reconciled state or committed after the registration.
         let closed = CancellationToken::new();
         let (no, lost, stop) = self.node.read(|s| {
-            let no = self.workers.register(
-                &worker,
-                tx.clone(),
-                closed.clone(),
-                register.running_attempts.iter().copied().collect(),
-                register.capacity,
-                register.labels.clone().into_iter().collect(),
-                now_ms(),
-                s.applied_index,
-            );
+            let no = self.workers.register(&worker, tx.clone(), closed.clone(), &register, now_ms(), s.applied_index);
             (
                 no,
                 reconcile(s, &worker, &register.running_attempts, &reported),
@@ -120,6 +114,7 @@ impl Api {
         tracing::info!(
             worker,
             capacity = register.capacity,
+            prefetch = register.prefetch,
             running = register.running_attempts.len(),
             "worker registered"
         );

@@ -162,6 +162,7 @@ fn a_worker_selector_runs_each_target_on_its_worker() {
         id: id.into(),
         capacity: 2,
         labels: [("role".to_string(), role.to_string())].into(),
+        ..Default::default()
     };
     w.workers = vec![worker("web-1", "web"), worker("db-1", "db"), worker("web-2", "web")];
     w.start("r1", "on-workers");

@@ -43,6 +43,7 @@ options:
   --rate R        W1-lat triggers per second (default 50)
   --clients N     concurrent clients (default 16)
   --capacity N    worker capacity (default 2)
+  --prefetch N    assignments the worker queues beyond its capacity (default 0)
   --schedules N   W4 schedules (default 10000); --due N of them in the same second (default 1000)
   --spread        clients spread over all nodes instead of all at the leader
   --baton PATH    the baton binary (default: next to this one, or $BATON_BIN)
@@ -347,10 +348,11 @@ impl Baton {
     }
 
     /// Starts the worker (connected to every node) and waits until the leader has it.
-    async fn start_worker(&mut self, capacity: u32) -> Result<()> {
+    async fn start_worker(&mut self, (capacity, prefetch): (u32, u32)) -> Result<()> {
         let log = std::fs::File::create(self.dir.join("worker.log"))?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["worker", "--id", "bench-worker", "--capacity", &capacity.to_string(), "--server", &self.addrs()])
+        cmd.args(["worker", "--id", "bench-worker", "--server", &self.addrs()])
+            .args(["--capacity", &capacity.to_string(), "--prefetch", &prefetch.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .stdin(Stdio::null());
@@ -370,13 +372,13 @@ impl Baton {
         }
     }
 
-    /// A cluster with the no-op runbook applied and, if `capacity` is given, a worker.
-    async fn ready(bin: &Path, dir: &Path, capacity: Option<u32>) -> Result<(Baton, usize)> {
+    /// A cluster with the no-op runbook applied and, if (capacity, prefetch) is given, a worker.
+    async fn ready(bin: &Path, dir: &Path, worker: Option<(u32, u32)>) -> Result<(Baton, usize)> {
         let mut b = Baton::start(bin, dir).await?;
         let leader = b.leader(None, Duration::from_secs(30)).await?;
         b.apply(leader, "bench-noop.yaml", RUNBOOK_YAML).await?;
-        if let Some(cap) = capacity {
-            b.start_worker(cap).await?;
+        if let Some(slots) = worker {
+            b.start_worker(slots).await?;
         }
         let leader = b.leader(None, Duration::from_secs(30)).await?;
         Ok((b, leader))
@@ -704,6 +706,7 @@ struct Opts {
     rate: f64,
     clients: usize,
     capacity: u32,
+    prefetch: u32,
     schedules: usize,
     due: usize,
     spread: bool,
@@ -725,6 +728,7 @@ fn parse_args() -> Result<Opts> {
         rate: 50.0,
         clients: 16,
         capacity: 2,
+        prefetch: 0,
         schedules: 10_000,
         due: 1_000,
         spread: false,
@@ -743,6 +747,7 @@ fn parse_args() -> Result<Opts> {
             "--rate" => o.rate = value("--rate")?.parse()?,
             "--clients" => o.clients = value("--clients")?.parse()?,
             "--capacity" => o.capacity = value("--capacity")?.parse()?,
+            "--prefetch" => o.prefetch = value("--prefetch")?.parse()?,
             "--schedules" => o.schedules = value("--schedules")?.parse()?,
             "--due" => o.due = value("--due")?.parse()?,
             "--spread" => o.spread = true,
@@ -878,7 +883,7 @@ async fn run_all(opts: Opts) -> bool {
 
 async fn w1(o: &Opts, dir: &Path) -> Result<Value> {
     let n = o.runs.unwrap_or(5_000);
-    let (b, leader) = Baton::ready(&o.baton, dir, Some(o.capacity)).await?;
+    let (b, leader) = Baton::ready(&o.baton, dir, Some((o.capacity, o.prefetch))).await?;
     let addrs: Vec<String> = b.nodes.iter().map(|n| n.addr.clone()).collect();
     progress(format!("w1: {n} runs from {} clients to node {}", o.clients, leader + 1));
     let t0 = Instant::now();
@@ -902,7 +907,7 @@ async fn w1(o: &Opts, dir: &Path) -> Result<Value> {
     let ok = exactly_once(&st, n) && load.failed == 0;
     Ok(json!({
         "workload": "W1", "system": "baton", "ok": ok,
-        "runs": n, "clients": o.clients, "capacity": o.capacity, "spread": o.spread,
+        "runs": n, "clients": o.clients, "capacity": o.capacity, "prefetch": o.prefetch, "spread": o.spread,
         "runs_per_s": r2(st.runs as f64 * 1000.0 / span_ms),
         "trigger_rate_per_s": r2(load.started.len() as f64 / triggered.as_secs_f64()),
         "start_p50_ms": pct(&st.start, 50.0), "start_p95_ms": pct(&st.start, 95.0), "start_p99_ms": pct(&st.start, 99.0),
@@ -923,7 +928,7 @@ async fn w1(o: &Opts, dir: &Path) -> Result<Value> {
 
 async fn w1_lat(o: &Opts, dir: &Path) -> Result<Value> {
     let n = o.lat_runs;
-    let (b, leader) = Baton::ready(&o.baton, dir, Some(o.capacity)).await?;
+    let (b, leader) = Baton::ready(&o.baton, dir, Some((o.capacity, o.prefetch))).await?;
     let client = runs_client(channel(&b.nodes[leader].addr).await?);
     progress(format!("w1-lat: {n} runs at {}/s", o.rate));
     let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -976,7 +981,7 @@ async fn w1_lat(o: &Opts, dir: &Path) -> Result<Value> {
     let trig: Vec<f64> = started.iter().map(|s| s.latency.as_secs_f64() * 1000.0).collect();
     Ok(json!({
         "workload": "W1-lat", "system": "baton", "ok": exactly_once(&st, n) && errors == 0,
-        "runs": n, "rate_per_s": o.rate, "capacity": o.capacity,
+        "runs": n, "rate_per_s": o.rate, "capacity": o.capacity, "prefetch": o.prefetch,
         "start_p50_ms": pct(&st.start, 50.0), "start_p95_ms": pct(&st.start, 95.0), "start_p99_ms": pct(&st.start, 99.0),
         "start_max_ms": pct(&st.start, 100.0),
         "client_start_p50_ms": pct(&client_start, 50.0), "client_start_p99_ms": pct(&client_start, 99.0),
@@ -1037,7 +1042,7 @@ async fn w2(o: &Opts, dir: &Path) -> Result<Value> {
 
 async fn w5(o: &Opts, dir: &Path) -> Result<Value> {
     let n = o.runs.unwrap_or(3_000);
-    let (mut b, leader) = Baton::ready(&o.baton, dir, Some(o.capacity)).await?;
+    let (mut b, leader) = Baton::ready(&o.baton, dir, Some((o.capacity, o.prefetch))).await?;
     b.apply(leader, "bench-probe.yaml", &RUNBOOK_YAML.replace(RUNBOOK, PROBE_RUNBOOK)).await?;
     let old_term = status(&b.nodes[leader].addr).await?.term;
     let addrs: Vec<String> = b.nodes.iter().map(|n| n.addr.clone()).collect();
@@ -1151,7 +1156,7 @@ async fn w5(o: &Opts, dir: &Path) -> Result<Value> {
     let target_met = ok && st.lost_attempts == 0;
     Ok(json!({
         "workload": "W5", "system": "baton", "ok": ok, "target_met": target_met,
-        "runs": n, "clients": o.clients, "capacity": o.capacity,
+        "runs": n, "clients": o.clients, "capacity": o.capacity, "prefetch": o.prefetch,
         "leader_elected_ms": elected.map(|(t, _)| ms(t - kill_i)),
         "first_commit_ms": first_commit.map(ms), "load_first_commit_ms": load_first.map(ms),
         "first_assign_ms": first_assign.map(|t| r2(t as f64 - kill_unix)),
@@ -1229,7 +1234,7 @@ async fn etcd_probe_write(addr: String, i: usize) -> bool {
 
 async fn w6(o: &Opts, dir: &Path) -> Result<Value> {
     let n = o.runs.unwrap_or(5_000);
-    let (mut b, leader) = Baton::ready(&o.baton, dir, Some(o.capacity)).await?;
+    let (mut b, leader) = Baton::ready(&o.baton, dir, Some((o.capacity, o.prefetch))).await?;
     let startup: Vec<f64> = b.nodes.iter().map(|n| ms(n.startup)).collect();
     let leader_after = ms(b.leader_after);
     tokio::time::sleep(Duration::from_secs(3)).await;

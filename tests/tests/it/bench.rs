@@ -26,6 +26,8 @@ fn tiny_benchmarks_complete_every_run_exactly_once() {
     let out = Command::new(bench_bin())
         .args(["w1", "w1-lat", "w2", "w5", "w6", "w4"])
         .args(["--runs", "40", "--lat-runs", "40", "--seq", "20", "--clients", "4", "--schedules", "60", "--due", "20"])
+        // Prefetch on: queued attempts go through dispatch, results and the failover too.
+        .args(["--prefetch", "2"])
         .arg("--baton")
         .arg(baton_tests::baton_bin())
         .arg("--dir")
