@@ -125,6 +125,9 @@ pub enum Op {
         /// earlier round of the step is ignored.
         #[serde(default)]
         expected_attempts: Option<usize>,
+        /// The worker process (its boot id) the leader chose; 0 if unknown.
+        #[serde(default)]
+        worker_boot: u64,
     },
     /// A step's inputs could not be rendered: the step fails without an attempt.
     RenderFailed {
@@ -171,6 +174,14 @@ pub enum Op {
         /// Attempt id.
         attempt_id: u64,
         /// Why it is considered lost.
+        reason: String,
+    },
+    /// The attempt provably never reached its worker: the same worker process registered
+    /// since, without it. It did not run, so the step goes back to pending (no attempt is used).
+    AttemptUndelivered {
+        /// Attempt id.
+        attempt_id: u64,
+        /// How that is known.
         reason: String,
     },
     /// Cancel a run: pending steps never start; running attempts are asked to stop.
@@ -367,6 +378,7 @@ impl Op {
             Op::AttemptStarted { .. } => "attempt_started",
             Op::AttemptFinished { .. } => "attempt_finished",
             Op::AttemptLost { .. } => "attempt_lost",
+            Op::AttemptUndelivered { .. } => "attempt_undelivered",
             Op::CancelRun { .. } => "cancel_run",
             Op::PauseRun { .. } => "pause_run",
             Op::ResumeRun { .. } => "resume_run",

@@ -223,6 +223,13 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The rendered argv it ran.
     pub argv: Vec<String>,
+    /// The boot id of the worker process it was assigned to (0: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub worker_boot: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A step within a run.

@@ -351,6 +351,8 @@ fn attempt_from_pb(a: pb::Attempt) -> Result<Attempt, ConvertError> {
         exit_code: a.exit_code,
         error: non_empty(a.error),
         argv: a.argv,
+        // Internal to the cluster (which process an attempt went to); not in the API.
+        worker_boot: 0,
     })
 }
 
@@ -388,6 +390,7 @@ mod tests {
                         exit_code: None,
                         error: None,
                         argv: vec!["echo".into()],
+                        worker_boot: 0,
                     }],
                     ..StepRun::pending("greet")
                 },

@@ -28,12 +28,14 @@ struct Session {
     tx: SessionTx,
     capacity: u32,
     prefetch: u32,
+    boot: u64,
     labels: BTreeMap<String, String>,
     connected_at_ms: i64,
     /// The applied index when it registered: assignments at or below it are not sent.
     registered_at_index: u64,
-    /// The attempts it reported running when it registered.
-    reported_running: std::collections::HashSet<u64>,
+    /// The attempts it reported when it registered: held (running or queued) or finished
+    /// with a result not yet acknowledged.
+    reported: std::collections::HashSet<u64>,
 }
 
 /// Workers connected to this node, by id. At most one session per worker id: a newer one
@@ -70,10 +72,16 @@ impl Workers {
             tx,
             capacity: register.capacity,
             prefetch: register.prefetch,
+            boot: register.boot_id,
             labels: register.labels.clone().into_iter().collect(),
             connected_at_ms: now_ms,
             registered_at_index: applied_index,
-            reported_running: register.running_attempts.iter().copied().collect(),
+            reported: register
+                .running_attempts
+                .iter()
+                .copied()
+                .chain(register.unacked_results.iter().map(|r| r.attempt_id))
+                .collect(),
         };
         if let Some(old) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session) {
             // A worker has one session: the newer one wins.
@@ -95,13 +103,15 @@ impl Workers {
         }
     }
 
-    /// Whether worker `worker` has a session that registered before `attempt_id` was applied
-    /// and did not report it running: an assignment it cannot have received.
-    pub fn never_received(&self, worker: &str, attempt_id: u64) -> bool {
+    /// If worker `worker` has a session that registered before `attempt_id` was applied and
+    /// did not report it, the boot id of that session's process: a process that cannot have
+    /// received the assignment (it reads one session at a time and reports all it holds).
+    pub fn never_received(&self, worker: &str, attempt_id: u64) -> Option<u64> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
             .get(worker)
-            .is_some_and(|s| s.registered_at_index < attempt_id && !s.reported_running.contains(&attempt_id))
+            .filter(|s| s.registered_at_index < attempt_id && !s.reported.contains(&attempt_id))
+            .map(|s| s.boot)
     }
 
     /// Ends every session (this node stopped leading): the workers reconnect, follow the
@@ -129,6 +139,7 @@ impl Workers {
                     id: id.clone(),
                     capacity: s.capacity,
                     prefetch: s.prefetch,
+                    boot: s.boot,
                     labels: s.labels.clone(),
                 })
             })
@@ -190,16 +201,19 @@ pub async fn run_effects(
             // Only assignments this leader made in its own term are sent: one committed under an
             // older leader may already have reached its worker, and is reconciled instead.
             // An assignment of an earlier term, applied here after its worker registered with
-            // this leader and not reported running then: it was never delivered (its leader
-            // lost office before sending it) and never will be. Its outcome is known: it did
-            // not run; it is declared lost so the step is decided by policy, not left waiting.
-            Effect::Dispatch(a)
-                if leader && a.fence.term < status.term && workers.never_received(&a.worker, a.attempt_id) =>
-            {
+            // this leader and not reported then, was never delivered (its leader lost office
+            // before sending it) and never will be: it is taken back, or declared lost when the
+            // worker process it was meant for is not the one that registered.
+            Effect::Dispatch(a) if leader && a.fence.term < status.term => {
+                let Some(boot) = workers.never_received(&a.worker, a.attempt_id) else { continue };
                 let node = node.clone();
-                let op = Op::AttemptLost {
-                    attempt_id: a.attempt_id,
-                    reason: format!("assigned in term {} and never delivered to worker {}", a.fence.term, a.worker),
+                let reason = format!("assigned in term {} and never delivered to worker {}", a.fence.term, a.worker);
+                // The process it was assigned to is the one that registered without it: it
+                // never ran, and is assigned again. Another process may have run it: lost.
+                let op = if boot != 0 && boot == a.worker_boot {
+                    Op::AttemptUndelivered { attempt_id: a.attempt_id, reason }
+                } else {
+                    Op::AttemptLost { attempt_id: a.attempt_id, reason }
                 };
                 tokio::spawn(async move {
                     if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {

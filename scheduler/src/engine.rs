@@ -32,6 +32,9 @@ pub struct WorkerSlot {
     pub capacity: u32,
     /// How many more it accepts and queues until a slot frees (`baton worker --prefetch`).
     pub prefetch: u32,
+    /// Random per worker process (0: unknown): an attempt assigned to this process and not
+    /// reported by it when it registers again provably never reached it.
+    pub boot: u64,
     /// Its labels (`foreach: { workers: ... }` selects by them).
     pub labels: BTreeMap<String, String>,
 }
@@ -544,6 +547,7 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
         workdir: rendered.workdir,
         timeout_ms: spec.timeout_ms,
         expected_attempts: Some(run.steps[si].attempts.len()),
+        worker_boot: worker.boot,
     })
 }
 
@@ -624,18 +628,35 @@ pub fn to_stop(state: &State, worker: &str, running: &[u64]) -> Vec<u64> {
 
 /// Reconciles what a (re)connecting worker reports with the replicated state: attempts the
 /// state says it holds but that it neither runs nor has a result for are lost.
-pub fn reconcile(state: &State, worker: &str, running: &[u64], reported: &[u64]) -> Vec<Op> {
+pub fn reconcile(state: &State, worker: &str, boot: u64, running: &[u64], reported: &[u64]) -> Vec<Op> {
     state
         .active_attempts
         .iter()
         .filter_map(|(id, (run_id, si))| {
             let a = state.runs.get(run_id)?.steps[*si].active_attempt()?;
-            (a.worker == worker && !running.contains(id) && !reported.contains(id)).then(|| Op::AttemptLost {
-                attempt_id: *id,
-                reason: format!("worker {worker} reconnected without it (it restarted or never received it)"),
+            if a.worker != worker || running.contains(id) || reported.contains(id) {
+                return None;
+            }
+            Some(match undelivered(a, boot) {
+                true => Op::AttemptUndelivered {
+                    attempt_id: *id,
+                    reason: format!("worker {worker} registered again without it: it never received it"),
+                },
+                false => Op::AttemptLost {
+                    attempt_id: *id,
+                    reason: format!("worker {worker} reconnected without it (it restarted or never received it)"),
+                },
             })
         })
         .collect()
+}
+
+/// Whether an active attempt that worker process `boot` did not report when it registered
+/// provably never reached it: it was assigned to that same process (a worker reports every
+/// attempt it holds on each registration, and reads from one session at a time) and no start
+/// was ever reported. Otherwise its outcome is unknown.
+pub fn undelivered(a: &baton_core::run::Attempt, boot: u64) -> bool {
+    boot != 0 && a.worker_boot == boot && a.state == baton_core::run::AttemptState::Assigned
 }
 
 #[cfg(test)]
@@ -830,11 +851,53 @@ steps:
         assert!(matches!(&ops[..], [Op::AttemptLost { .. }]), "{ops:?}");
         // Reconcile: a worker that comes back without the attempt loses it at once.
         let id = *w.state.active_attempts.keys().next().unwrap();
-        assert_eq!(reconcile(&w.state, "a", &[id], &[]), vec![]);
-        assert_eq!(reconcile(&w.state, "a", &[], &[id]), vec![]);
+        assert_eq!(reconcile(&w.state, "a", 0, &[id], &[]), vec![]);
+        assert_eq!(reconcile(&w.state, "a", 0, &[], &[id]), vec![]);
         assert!(
-            matches!(&reconcile(&w.state, "a", &[], &[])[..], [Op::AttemptLost { attempt_id, .. }] if *attempt_id == id)
+            matches!(&reconcile(&w.state, "a", 0, &[], &[])[..], [Op::AttemptLost { attempt_id, .. }] if *attempt_id == id)
         );
-        assert_eq!(reconcile(&w.state, "other", &[], &[]), vec![]);
+        assert_eq!(reconcile(&w.state, "other", 0, &[], &[]), vec![]);
+    }
+
+    #[test]
+    fn an_attempt_the_same_worker_process_never_received_is_taken_back_not_lost() {
+        let mut w = World::new();
+        w.start("r1");
+        let mut e = Engine::new();
+        let mut v = view(10, &[("a", 1)]);
+        v.workers[0].boot = 7;
+        let ops = e.decide(&w.state, &v);
+        assert!(matches!(&ops[..], [Op::Assign { worker_boot: 7, .. }]), "{ops:?}");
+        for op in ops {
+            w.apply(10, op);
+        }
+        let id = *w.state.active_attempts.keys().next().unwrap();
+        // Another process (the worker restarted): it may have run it, so it is lost.
+        assert!(matches!(&reconcile(&w.state, "a", 8, &[], &[])[..], [Op::AttemptLost { .. }]));
+        // The same process, without it: it never arrived. Taken back, the step is pending
+        // again with no attempt used, and the next decision assigns it anew.
+        let ops = reconcile(&w.state, "a", 7, &[], &[]);
+        assert!(matches!(&ops[..], [Op::AttemptUndelivered { attempt_id, .. }] if *attempt_id == id), "{ops:?}");
+        for op in ops {
+            w.apply(20, op);
+        }
+        let step = &w.state.runs["r1"].steps[0];
+        assert_eq!((step.state, step.attempts.len()), (StepState::Pending, 0));
+        assert!(w.state.active_attempts.is_empty());
+        assert!(w.state.runs["r1"].events.iter().any(|e| e.action == "reassign"), "the history says so");
+        v.now_ms = 30;
+        let ops = Engine::new().decide(&w.state, &v);
+        assert!(matches!(&ops[..], [Op::Assign { expected_attempts: Some(0), .. }]), "{ops:?}");
+
+        // Once its start was reported it did arrive: the same process not reporting it means
+        // it ended without a result, and that outcome is unknown.
+        for op in ops {
+            w.apply(30, op);
+        }
+        let id = *w.state.active_attempts.keys().next().unwrap();
+        w.apply(40, Op::AttemptStarted { attempt_id: id });
+        assert!(matches!(&reconcile(&w.state, "a", 7, &[], &[])[..], [Op::AttemptLost { .. }]));
+        w.apply(50, Op::AttemptUndelivered { attempt_id: id, reason: "test".into() });
+        assert_eq!(w.state.runs["r1"].steps[0].attempts[0].state, AttemptState::Lost);
     }
 }

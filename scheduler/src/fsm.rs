@@ -173,6 +173,8 @@ pub struct Assignment {
     pub workdir: Option<String>,
     /// Step timeout.
     pub timeout_ms: Option<u64>,
+    /// The worker process chosen (0: unknown).
+    pub worker_boot: u64,
 }
 
 impl State {
@@ -198,7 +200,7 @@ impl State {
             Op::RecordMissed { schedule, first_tick_ms, last_tick_ms, count } => {
                 self.record_missed(index, now, &schedule, first_tick_ms, last_tick_ms, count, &mut fx)
             }
-            Op::Assign { run_id, step_id, worker, argv, env, workdir, timeout_ms, expected_attempts } => {
+            Op::Assign { run_id, step_id, worker, argv, env, workdir, timeout_ms, expected_attempts, worker_boot } => {
                 if let Some(n) = expected_attempts
                     && self.runs.get(&run_id).and_then(|r| r.step(&step_id)).is_some_and(|s| s.attempts.len() != n)
                 {
@@ -215,6 +217,7 @@ impl State {
                     env,
                     workdir,
                     timeout_ms,
+                    worker_boot,
                 };
                 self.assign(now, a, &mut fx)
             }
@@ -235,6 +238,7 @@ impl State {
                 };
                 self.attempt_finished(now, attempt_id, result, &mut fx)
             }
+            Op::AttemptUndelivered { attempt_id, reason } => self.attempt_undelivered(now, attempt_id, reason, &mut fx),
             Op::CancelRun { run_id, reason, by } => {
                 if self.runs.get(&run_id).is_some_and(|r| !r.state.is_terminal()) {
                     self.record(&run_id, now, &by, "cancel", &reason);
@@ -741,6 +745,7 @@ impl State {
             exit_code: None,
             error: None,
             argv: a.argv.clone(),
+            worker_boot: a.worker_boot,
         });
         step.state = StepState::Running;
         if step.started_at_ms == 0 {
@@ -753,6 +758,42 @@ impl State {
         self.active_attempts.insert(a.attempt_id, (a.run_id.clone(), si));
         fx.push(Effect::RunChanged(a.run_id.clone()));
         fx.push(Effect::Dispatch(a));
+        Reply::Done
+    }
+
+    /// An attempt that never reached its worker: it did not run, so it is taken back and the
+    /// step waits for a new assignment. One that was reported started did reach it, and one of
+    /// a run that is being stopped ends as cancelled; both go the usual way.
+    fn attempt_undelivered(&mut self, now: i64, attempt_id: u64, reason: String, fx: &mut Vec<Effect>) -> Reply {
+        let Some((run_id, si)) = self.active_attempts.get(&attempt_id).cloned() else { return Reply::Done };
+        let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        let step = &mut run.steps[si];
+        let Some(pos) = step.attempts.iter().position(|a| a.id == attempt_id) else { return Reply::Done };
+        if step.attempts[pos].state != AttemptState::Assigned || run.cancel_requested || run.state.is_terminal() {
+            let state = if step.attempts[pos].state == AttemptState::Assigned {
+                AttemptState::Cancelled
+            } else {
+                AttemptState::Lost
+            };
+            let result = AttemptResult {
+                state,
+                exit_code: None,
+                stdout_tail: String::new(),
+                stderr_tail: String::new(),
+                outputs: BTreeMap::new(),
+                error: Some(reason),
+            };
+            return self.attempt_finished(now, attempt_id, result, fx);
+        }
+        let attempt = step.attempts.remove(pos);
+        step.state = StepState::Pending;
+        let step_id = step.id.clone();
+        self.active_attempts.remove(&attempt_id);
+        let by = Actor { principal: "baton".into(), via: "dispatch".into() };
+        let detail =
+            format!("attempt {attempt_id} of step {step_id} on worker {} taken back: {reason}", attempt.worker);
+        self.record(&run_id, now, &by, "reassign", &detail);
+        fx.push(Effect::RunChanged(run_id));
         Reply::Done
     }
 
@@ -1923,6 +1964,7 @@ steps:
             workdir: None,
             timeout_ms: None,
             expected_attempts: None,
+            worker_boot: 0,
         };
         s.apply(index, 1, cmd(30, op)).1
     }
@@ -2079,6 +2121,7 @@ steps:
                 workdir: None,
                 timeout_ms: None,
                 expected_attempts: None,
+                worker_boot: 0,
             };
             s.apply(index, 1, cmd(at, op));
         };
@@ -2117,6 +2160,7 @@ steps:
             workdir: None,
             timeout_ms: None,
             expected_attempts: None,
+            worker_boot: 0,
         };
         s.apply(8, 1, cmd(0, assign2));
         s.apply(
@@ -2144,6 +2188,7 @@ steps:
             workdir: None,
             timeout_ms: None,
             expected_attempts: None,
+            worker_boot: 0,
         };
         s.apply(10, 1, cmd(0, assign3));
         fail(&mut s, 11, 10, 30);

@@ -76,6 +76,9 @@ struct Memory {
     out: Option<mpsc::Sender<pb::WorkerMessage>>,
     /// One permit per slot (`capacity`); accepted attempts wait for one in arrival order.
     slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Random per process: lets the cluster tell "never received" from "ran in a process
+    /// that is gone".
+    boot: u64,
 }
 
 impl Memory {
@@ -111,7 +114,11 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
     anyhow::ensure!(!config.servers.is_empty(), "no scheduler address given");
     anyhow::ensure!(config.capacity > 0, "capacity must be at least 1");
     let memory: Shared = Arc::default();
-    lock(&memory).slots = Some(Arc::new(tokio::sync::Semaphore::new(config.capacity as usize)));
+    {
+        let mut m = lock(&memory);
+        m.slots = Some(Arc::new(tokio::sync::Semaphore::new(config.capacity as usize)));
+        m.boot = boot_id();
+    }
     // Every server is tried in turn, 50 ms apart; only after a whole round failed does the
     // worker back off (100 ms doubling to 1 s). A failover therefore costs the worker about
     // one election, not a long backoff: its running attempts must be reported to the new
@@ -199,6 +206,7 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registere
             labels: config.labels.clone().into_iter().collect(),
             capacity: config.capacity,
             prefetch: config.prefetch,
+            boot_id: m.boot,
             running_attempts: m.running.keys().copied().collect(),
             unacked_results: m.unacked.values().map(|(r, _)| r.clone()).collect(),
         };
@@ -421,6 +429,15 @@ async fn finish(memory: &Shared, result: pb::AttemptResult) {
         m.unacked.insert(result.attempt_id, (result.clone(), std::time::Instant::now()));
     }
     send(memory, pb::worker_message::Msg::Result(result)).await;
+}
+
+/// A random, non-zero id for this process.
+fn boot_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_i64(now_ms());
+    h.finish().max(1)
 }
 
 fn now_ms() -> i64 {

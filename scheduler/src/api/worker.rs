@@ -107,7 +107,7 @@ impl Api {
             let no = self.workers.register(&worker, tx.clone(), closed.clone(), &register, now_ms(), s.applied_index);
             (
                 no,
-                reconcile(s, &worker, &register.running_attempts, &reported),
+                reconcile(s, &worker, register.boot_id, &register.running_attempts, &reported),
                 to_stop(s, &worker, &register.running_attempts),
             )
         });

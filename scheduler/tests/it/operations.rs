@@ -58,6 +58,7 @@ fn a_paused_run_starts_no_step_until_resumed_and_its_running_step_goes_on() {
         workdir: None,
         timeout_ms: None,
         expected_attempts: None,
+        worker_boot: 0,
     };
     w.apply(late);
     assert_eq!(w.step_state("r1", 1), StepState::Pending);

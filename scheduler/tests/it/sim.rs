@@ -278,6 +278,7 @@ stats!(
     refused_seen,
     refused_fence,
     attempts_lost,
+    taken_back,
     lost_after_finishing,
     worker_ticks_off_leader,
     liveness_findings,
@@ -394,9 +395,9 @@ struct Out {
 /// A node's worker sessions, as `dispatch::Workers` keeps them.
 #[derive(Default)]
 struct Registry {
-    /// Worker id -> (session number, capacity, applied index when it registered).
-    sessions: BTreeMap<String, (u64, u32, u64)>,
-    /// Worker id -> attempts it reported running when it registered.
+    /// Worker id -> (session number, capacity, applied index when it registered, boot id).
+    sessions: BTreeMap<String, (u64, u32, u64, u64)>,
+    /// Worker id -> attempts it reported (running or with a result) when it registered.
     reported: BTreeMap<String, Vec<u64>>,
     order: Vec<String>,
     next_no: u64,
@@ -404,11 +405,11 @@ struct Registry {
 }
 
 impl Registry {
-    fn register(&mut self, id: &str, capacity: u32, applied_index: u64, running: &[u64]) -> u64 {
+    fn register(&mut self, id: &str, boot: u64, capacity: u32, applied_index: u64, reported: Vec<u64>) -> u64 {
         self.departed.remove(id);
-        self.reported.insert(id.to_string(), running.to_vec());
+        self.reported.insert(id.to_string(), reported);
         self.next_no += 1;
-        self.sessions.insert(id.to_string(), (self.next_no, capacity, applied_index));
+        self.sessions.insert(id.to_string(), (self.next_no, capacity, applied_index, boot));
         self.order.retain(|w| w != id);
         self.order.push(id.to_string());
         self.next_no
@@ -426,7 +427,12 @@ impl Registry {
         self.order
             .iter()
             .filter_map(|id| {
-                self.sessions.get(id).map(|s| WorkerSlot { id: id.clone(), capacity: s.1, ..Default::default() })
+                self.sessions.get(id).map(|s| WorkerSlot {
+                    id: id.clone(),
+                    capacity: s.1,
+                    boot: s.3,
+                    ..Default::default()
+                })
             })
             .collect()
     }
@@ -717,6 +723,8 @@ struct Running {
 /// `baton worker`'s session logic, without processes: an attempt "runs" for a few ticks.
 struct SimWorker {
     id: String,
+    /// Random per (re)start, as `baton worker`'s boot id.
+    boot: u64,
     up: bool,
     isolated: bool,
     seen: BTreeSet<u64>,
@@ -733,9 +741,10 @@ struct SimWorker {
 }
 
 impl SimWorker {
-    fn new(id: String, first_server: usize) -> SimWorker {
+    fn new(id: String, boot: u64, first_server: usize) -> SimWorker {
         SimWorker {
             id,
+            boot,
             up: true,
             isolated: false,
             seen: BTreeSet::new(),
@@ -846,7 +855,8 @@ impl Sim {
                 live: None,
             })
             .collect();
-        let workers = (0..WORKERS).map(|i| SimWorker::new(format!("w{}", i + 1), rng.index(n))).collect();
+        let workers =
+            (0..WORKERS).map(|i| SimWorker::new(format!("w{}", i + 1), rng.next().max(1), rng.index(n))).collect();
         let clients = (0..CLIENTS)
             .map(|c| Client {
                 target: rng.index(n),
@@ -1068,16 +1078,27 @@ impl Sim {
                     format!("node {} does not send attempt {} of term {}", n + 1, a.attempt_id, a.fence.term)
                 });
                 // `Workers::never_received`: its worker registered here before it was applied
-                // and did not report it running: declare it lost (as `run_effects` does).
-                let never = self.nodes[n].live.as_ref().is_some_and(|live| {
-                    live.registry.sessions.get(&a.worker).is_some_and(|s| {
-                        s.2 < a.attempt_id
-                            && !live.registry.reported.get(&a.worker).is_some_and(|r| r.contains(&a.attempt_id))
-                    })
+                // and did not report it: taken back if that is the process it was assigned to,
+                // declared lost otherwise (as `run_effects` does).
+                let never = self.nodes[n].live.as_ref().and_then(|live| {
+                    live.registry
+                        .sessions
+                        .get(&a.worker)
+                        .filter(|s| {
+                            s.2 < a.attempt_id
+                                && !live.registry.reported.get(&a.worker).is_some_and(|r| r.contains(&a.attempt_id))
+                        })
+                        .map(|s| s.3)
                 });
-                if a.fence.term < term && never {
+                if let Some(boot) = never.filter(|_| a.fence.term < term) {
                     let reason = format!("assigned in term {} and never delivered", a.fence.term);
-                    self.call(n, Op::AttemptLost { attempt_id: a.attempt_id, reason }, Caller::Worker);
+                    let op = if boot == a.worker_boot {
+                        self.stats.taken_back += 1;
+                        Op::AttemptUndelivered { attempt_id: a.attempt_id, reason }
+                    } else {
+                        Op::AttemptLost { attempt_id: a.attempt_id, reason }
+                    };
+                    self.call(n, op, Caller::Worker);
                 }
                 return;
             }
@@ -1086,7 +1107,7 @@ impl Sim {
         };
         let Some(live) = self.nodes[n].live.as_ref() else { return };
         // `Workers::send`: a session registered after the assignment was committed never gets it.
-        let Some(&(no, _, registered_at)) = live.registry.sessions.get(&worker) else { return };
+        let Some(&(no, _, registered_at, _)) = live.registry.sessions.get(&worker) else { return };
         if committed_at.is_some_and(|i| i <= registered_at) {
             return;
         }
@@ -1258,6 +1279,7 @@ impl Sim {
             }
             FaultKind::WorkerDown(w) => {
                 self.workers[w].up = true;
+                self.workers[w].boot = self.rng.next().max(1);
                 self.workers[w].reconnect_at = self.tick;
             }
             FaultKind::WorkerIsolated(w) => self.workers[w].isolated = false,
@@ -1554,8 +1576,10 @@ impl Sim {
         let running: Vec<u64> = worker.running.keys().copied().collect();
         let reported: Vec<u64> = worker.unacked.keys().copied().collect();
         let live = self.nodes[n].live.as_mut().expect("checked above");
-        let no = live.registry.register(&worker.id, WORKER_CAPACITY, live.state.applied_index, &running);
-        let lost = reconcile(&live.state, &worker.id, &running, &reported);
+        let held = running.iter().chain(&reported).copied().collect();
+        let no = live.registry.register(&worker.id, worker.boot, WORKER_CAPACITY, live.state.applied_index, held);
+        let lost = reconcile(&live.state, &worker.id, worker.boot, &running, &reported);
+        self.stats.taken_back += lost.iter().filter(|op| matches!(op, Op::AttemptUndelivered { .. })).count() as u64;
         let stop = to_stop(&live.state, &worker.id, &running);
         let results: Vec<Op> = worker
             .unacked
