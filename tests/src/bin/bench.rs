@@ -592,6 +592,8 @@ struct RunStats {
     /// stands in for the start).
     start_from_result: usize,
     lost_attempts: usize,
+    /// Attempts taken back because their worker provably never received them (assigned again).
+    taken_back: usize,
     /// Steps with more than one attempt that was not lost (a step run twice).
     duplicate_attempts: usize,
     /// Started runs (by the clients) missing from the records.
@@ -625,6 +627,7 @@ fn analyze(runs: &[pb::Run], started: &[Started]) -> RunStats {
         }
         *st.by_state.entry(run_state_name(r)).or_default() += 1;
         st.first_created = st.first_created.min(r.created_at_ms);
+        st.taken_back += r.events.iter().filter(|e| e.action == "reassign").count();
         st.last_finished = st.last_finished.max(r.finished_at_ms);
         for s in &r.steps {
             let live: Vec<&pb::Attempt> =
@@ -1161,7 +1164,7 @@ async fn w5(o: &Opts, dir: &Path) -> Result<Value> {
         "first_commit_ms": first_commit.map(ms), "load_first_commit_ms": load_first.map(ms),
         "first_assign_ms": first_assign.map(|t| r2(t as f64 - kill_unix)),
         "resumed_dispatch_ms": resumed.map(|t| r2(t as f64 - kill_unix)),
-        "lost_attempts": st.lost_attempts, "duplicate_attempts": st.duplicate_attempts,
+        "lost_attempts": st.lost_attempts, "taken_back": st.taken_back, "duplicate_attempts": st.duplicate_attempts,
         "duplicate_runs": st.duplicate_runs, "missing": st.missing,
         "succeeded": st.by_state.get("succeeded").copied().unwrap_or(0), "states": st.by_state,
         "client_errors": load.errors, "failed_starts": load.failed, "terminal_seen": terminal(&counts),
