@@ -57,8 +57,8 @@ pub fn decode(bytes: &[u8]) -> Result<State, BackupError> {
     if sum != file.sha256 {
         return Err(BackupError::Corrupt(format!("checksum mismatch (file says {}, content is {sum})", file.sha256)));
     }
-    let state: State =
-        serde_json::from_str(&file.state).map_err(|e| BackupError::Corrupt(format!("state unreadable: {e}")))?;
+    let state =
+        State::from_json(file.state.as_bytes()).map_err(|e| BackupError::Corrupt(format!("state unreadable: {e}")))?;
     if state.applied_index != file.applied_index {
         return Err(BackupError::Corrupt("applied index does not match the state".into()));
     }

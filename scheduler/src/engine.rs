@@ -93,11 +93,11 @@ impl Engine {
         let mut ops = Vec::new();
         self.fire_schedules(state, view, &mut ops);
         self.expire_attempts(state, view, &mut ops);
-        // Oldest run first, so waiting runs are served in the order they were triggered. Each
-        // run is looked up once per decision: with thousands queued, lookups are the cost.
-        let mut order: Vec<(i64, &String, &Run)> =
-            state.active_runs.iter().filter_map(|id| state.runs.get(id).map(|r| (r.created_at_ms, id, r))).collect();
-        order.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // Oldest run first, so waiting runs are served in the order they were triggered. Runs
+        // that wait only for a worker (`State::queued_plain`) are read only while one is free;
+        // every other run is looked up once per decision.
+        let order: Vec<(i64, &String, &Run)> =
+            state.active_order.iter().filter_map(|(at, id)| state.runs.get(id).map(|r| (*at, id, r))).collect();
         self.end_waits(state, &order, view, &mut ops);
         self.assign_steps(state, &order, view, &mut ops);
         ops
@@ -265,8 +265,17 @@ impl Engine {
                     *started.entry(run.runbook.as_str()).or_insert(0) += 1;
                 }
             }
+            // Plain queued runs are pending: they count only while their start is in flight.
+            for id in &assigning_runs {
+                if let Some(run) = state.runs.get(id)
+                    && state.queued_plain.contains(&(run.created_at_ms, id.clone()))
+                {
+                    *started.entry(run.runbook.as_str()).or_insert(0) += 1;
+                }
+            }
         }
         // The oldest active run of each schedule: runs of one-at-a-time schedules wait for it.
+        // (Runs of schedules are never plain.)
         let mut oldest_of_schedule: HashMap<&str, &str> = HashMap::new();
         for (_, id, run) in order {
             if let Some(name) = run.trigger.schedule() {
@@ -278,7 +287,32 @@ impl Engine {
         // Whether a runbook version's first step needs a worker (per decision): with every
         // worker busy, the runs queued behind them cost one lookup each, not a full look.
         let mut first_needs_worker = PerVersion::default();
-        for &(_, run_id, run) in order {
+        // The two parts of the index, merged by (created, id).
+        let mut plain = state.queued_plain.iter().peekable();
+        let mut others = order.iter().peekable();
+        let mut plain_skipped = false;
+        loop {
+            let next_plain = if plain_skipped { None } else { plain.peek() };
+            let take_plain = match (next_plain, others.peek()) {
+                (Some((pa, pid)), Some((oa, oid, _))) => (*pa, pid) < (*oa, *oid),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let (run_id, run) = if take_plain {
+                let (_, id) = plain.next().expect("peeked");
+                if !workers_free {
+                    // No worker has room, and none will in this decision: skip the rest of
+                    // the plain queue without reading it.
+                    plain_skipped = true;
+                    continue;
+                }
+                let Some(run) = state.runs.get(id) else { continue };
+                (id, run)
+            } else {
+                let &(_, id, run) = others.next().expect("peeked");
+                (id, run)
+            };
             if !workers_free && run.state == RunState::Pending && run.locks.is_empty() {
                 let needs = first_needs_worker.get(run, || {
                     state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| {

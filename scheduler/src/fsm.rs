@@ -41,7 +41,19 @@ pub struct State {
     /// Run ids in the order they were created (key: log index of the creating entry).
     pub run_order: BTreeMap<u64, String>,
     /// Runs that are neither terminal nor waiting for an operator: the engine's work list.
+    /// Changed only through [`State::activate`] and [`State::deactivate`].
     pub active_runs: BTreeSet<String>,
+    /// The same runs by (creation time, id), the order the engine serves them in, in two
+    /// disjoint parts: `queued_plain` holds the runs that wait for a worker and for nothing
+    /// else (pending, no locks, no run timeout, not from a schedule, a first step that is a
+    /// plain exec); `active_order` holds the rest. With every worker busy the engine skips the
+    /// first part without reading a run. Derived: not serialized, rebuilt by
+    /// [`State::from_json`] and kept up to date by [`State::apply`].
+    #[serde(skip)]
+    pub active_order: BTreeSet<(i64, String)>,
+    /// See `active_order`.
+    #[serde(skip)]
+    pub queued_plain: BTreeSet<(i64, String)>,
     /// Idempotency key -> run id.
     pub idempotency: BTreeMap<String, String>,
     /// Attempts that are assigned or running -> (run id, step index).
@@ -178,8 +190,78 @@ pub struct Assignment {
 }
 
 impl State {
+    /// A state read from its JSON form (a snapshot, a backup), with its derived indexes built.
+    pub fn from_json(bytes: &[u8]) -> serde_json::Result<State> {
+        let mut state: State = serde_json::from_slice(bytes)?;
+        for id in state.active_runs.clone() {
+            state.reindex(&id);
+        }
+        Ok(state)
+    }
+
+    /// Puts a run on the engine's work list.
+    fn activate(&mut self, run_id: &str) {
+        if self.runs.contains_key(run_id) && self.active_runs.insert(run_id.to_string()) {
+            self.reindex(run_id);
+        }
+    }
+
+    /// Takes a run off the engine's work list.
+    fn deactivate(&mut self, run_id: &str) {
+        if self.active_runs.remove(run_id) {
+            self.reindex(run_id);
+        }
+    }
+
+    /// Files run `run_id` in the right part of the engine's ordered index (or none).
+    fn reindex(&mut self, run_id: &str) {
+        let Some(run) = self.runs.get(run_id) else { return };
+        let key = (run.created_at_ms, run_id.to_string());
+        let (add, remove) = if !self.active_runs.contains(run_id) {
+            self.active_order.remove(&key);
+            self.queued_plain.remove(&key);
+            return;
+        } else if self.waits_only_for_a_worker(run) {
+            (&mut self.queued_plain, &mut self.active_order)
+        } else {
+            (&mut self.active_order, &mut self.queued_plain)
+        };
+        remove.remove(&key);
+        add.insert(key);
+    }
+
+    /// A pending run that needs a free worker and nothing else to start (see `active_order`).
+    fn waits_only_for_a_worker(&self, run: &Run) -> bool {
+        run.state == RunState::Pending
+            && run.locks.is_empty()
+            && run.trigger.schedule().is_none()
+            && !run.paused
+            && !run.cancel_requested
+            && run.steps.first().is_some_and(|s| s.attempts.is_empty() && s.state == StepState::Pending)
+            && self.runbook_of(run).is_some_and(|rb| {
+                rb.timeout_ms.is_none()
+                    && rb.steps.first().is_some_and(|s| {
+                        matches!(s.action, Action::Exec(_))
+                            && s.foreach.is_none()
+                            && s.when.is_none()
+                            && s.group.is_none()
+                    })
+            })
+    }
+
     /// Applies one committed command at (`index`, `term`).
     pub fn apply(&mut self, index: u64, term: u64, cmd: Command) -> (Reply, Vec<Effect>) {
+        let (reply, fx) = self.apply_op(index, term, cmd);
+        // Every change to a run says so (`RunChanged`): refile those runs in the index.
+        for e in &fx {
+            if let Effect::RunChanged(id) = e {
+                self.reindex(id);
+            }
+        }
+        (reply, fx)
+    }
+
+    fn apply_op(&mut self, index: u64, term: u64, cmd: Command) -> (Reply, Vec<Effect>) {
         self.applied_index = index;
         let mut fx = Vec::new();
         let now = cmd.at_ms;
@@ -962,7 +1044,7 @@ impl State {
         run.paused = false;
         run.pause_reason.clear();
         run.timer_start_ms = now;
-        self.active_runs.insert(run_id.to_string());
+        self.activate(run_id);
         self.record(run_id, now, &by, "retry", &format!("from step {from_id}"));
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
@@ -995,7 +1077,7 @@ impl State {
         }
         run.state = RunState::Running;
         run.error = None;
-        self.active_runs.insert(run_id.to_string());
+        self.activate(run_id);
         self.group_progress(run_id, si, now);
         self.settle(run_id, now);
         fx.push(Effect::RunChanged(run_id.to_string()));
@@ -1599,11 +1681,12 @@ impl State {
             // Run ids are never reused; callers check first, this keeps it true regardless.
             return;
         }
-        if !run.state.is_terminal() {
-            self.active_runs.insert(id.clone());
-        }
+        let active = !run.state.is_terminal();
         self.run_order.insert(index, id.clone());
         self.runs.insert(id.clone(), run);
+        if active {
+            self.activate(&id);
+        }
         fx.push(Effect::RunChanged(id));
     }
 
@@ -1646,7 +1729,7 @@ impl State {
             run.state = RunState::Running;
             run.error = error;
             // Back on the engine's work list (a needs_attention run had left it).
-            self.active_runs.insert(run_id.to_string());
+            self.activate(run_id);
             return;
         }
         let (state, error) = match run.finishing.take() {
@@ -1675,7 +1758,7 @@ impl State {
         if error.is_some() {
             run.error = error;
         }
-        self.active_runs.remove(run_id);
+        self.deactivate(run_id);
         if released {
             self.release_locks_when_idle(run_id);
         }
@@ -2224,7 +2307,7 @@ steps:
         run(&mut a);
         run(&mut b);
         assert_eq!(a, b);
-        let restored: State = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        let restored = State::from_json(&serde_json::to_vec(&a).unwrap()).unwrap();
         assert_eq!(restored, a);
     }
 

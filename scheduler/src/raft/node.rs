@@ -262,7 +262,7 @@ pub fn start_node(
     let snapshot = store.snapshot()?;
     let mut state = State::default();
     if !snapshot.data.is_empty() {
-        state = serde_json::from_slice(&snapshot.data).map_err(|e| {
+        state = State::from_json(&snapshot.data).map_err(|e| {
             anyhow::anyhow!("state-machine snapshot at index {} is unreadable: {e}", snapshot.get_metadata().index)
         })?;
     }
@@ -552,7 +552,7 @@ impl Loop {
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> anyhow::Result<()> {
         self.store.persist(Persist { entries: &[], hard_state: None, snapshot: Some(snap) })?;
-        let state: State = serde_json::from_slice(&snap.data)?;
+        let state = State::from_json(&snap.data)?;
         for (id, addr) in &state.members {
             if *id != self.config.id {
                 self.transport.set_peer(*id, Some(addr.clone()));

@@ -190,7 +190,7 @@ fn a_repeated_command_is_applied_once_and_a_new_leader_decides_the_same() {
     assert_eq!(run_of(&reply), ("r-1", true));
     assert_eq!(w.state.runs.len(), 1);
     // A node restored from a snapshot has the dedupe map, and decides like the old leader.
-    let restored: State = serde_json::from_slice(&serde_json::to_vec(&w.state).unwrap()).unwrap();
+    let restored = State::from_json(&serde_json::to_vec(&w.state).unwrap()).unwrap();
     assert_eq!(restored, w.state);
     w.state = restored;
     let (reply, _) = w.apply(firing("k", &["fp"], "r-2", "fix-disk", "web-1"));

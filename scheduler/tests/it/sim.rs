@@ -475,7 +475,7 @@ impl Live {
         let state = if snapshot.data.is_empty() {
             State::default()
         } else {
-            serde_json::from_slice(&snapshot.data).expect("the state-machine snapshot decodes")
+            State::from_json(&snapshot.data).expect("the state-machine snapshot decodes")
         };
         let snap_index = snapshot.get_metadata().index;
         let config = Config {
@@ -575,7 +575,7 @@ impl Live {
         self.store
             .persist(Persist { entries: &[], hard_state: None, snapshot: Some(snap) })
             .unwrap_or_else(|e| panic!("node {}: installing a snapshot failed: {e}", self.id));
-        self.state = serde_json::from_slice(&snap.data).expect("a leader snapshot decodes");
+        self.state = State::from_json(&snap.data).expect("a leader snapshot decodes");
         self.conf_state = snap.get_metadata().get_conf_state().clone();
         self.last_snapshot = snap.get_metadata().index;
         self.last_applied = snap.get_metadata().index;
@@ -1806,6 +1806,11 @@ impl Sim {
             return;
         }
         let state = self.nodes[0].live.as_ref().expect("converged").state.clone();
+        // The engine's derived index, kept up to date by apply, is what a fresh build says.
+        let fresh = State::from_json(&serde_json::to_vec(&state).expect("state encodes")).expect("state decodes");
+        if (&fresh.active_order, &fresh.queued_plain) != (&state.active_order, &state.queued_plain) {
+            self.check.anomaly("the engine's index of active runs drifted from the runs".to_string());
+        }
         for node in &self.nodes[1..] {
             let other = &node.live.as_ref().expect("converged").state;
             if *other != state {
