@@ -21,7 +21,8 @@ pub struct NodeConfig {
     pub id: u64,
     /// Interval of one Raft tick.
     pub tick: Duration,
-    /// Take a state-machine snapshot (and compact the log) after this many applied entries.
+    /// Take a state-machine snapshot (and compact the log) after this many applied entries,
+    /// and no sooner than one entry per KiB of the previous snapshot (see `maybe_snapshot`).
     pub snapshot_every: u64,
     /// Ticks without a leader's heartbeat before a follower starts an election.
     pub election_ticks: usize,
@@ -319,6 +320,7 @@ pub fn start_node(
         boot: uuid::Uuid::new_v4().as_u64_pair().0,
         conf_state: initial.conf_state,
         last_snapshot: snap_index,
+        last_snapshot_bytes: snapshot.data.len() as u64,
         role: StateRole::Follower,
         replay_until: initial.hard_state.commit,
         transport,
@@ -357,6 +359,9 @@ pub fn start_node(
     Ok((handle, thread))
 }
 
+/// A snapshot is taken no sooner than one applied entry per this many bytes of the last one.
+const SNAPSHOT_BYTES_PER_ENTRY: u64 = 1024;
+
 struct Loop {
     config: NodeConfig,
     raw: RawNode<RaftStorage>,
@@ -372,6 +377,8 @@ struct Loop {
     boot: u64,
     conf_state: ConfState,
     last_snapshot: u64,
+    /// Size of the last snapshot this process took or installed, bytes.
+    last_snapshot_bytes: u64,
     role: StateRole,
     /// Entries up to here were committed before this process started. Their assignments may
     /// or may not have reached a worker, so they are never sent again: the engine reconciles
@@ -561,6 +568,7 @@ impl Loop {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
         self.conf_state = snap.get_metadata().get_conf_state().clone();
         self.last_snapshot = snap.get_metadata().index;
+        self.last_snapshot_bytes = snap.data.len() as u64;
         Ok(())
     }
 
@@ -715,9 +723,11 @@ impl Loop {
 
     fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
         let applied = self.raw.raft.raft_log.applied;
-        if applied <= self.last_snapshot
-            || (applied < self.last_snapshot + self.config.snapshot_every && !self.force_snapshot)
-        {
+        // Serializing the whole state stops the Ready loop while it runs, so its cost is kept
+        // proportional to the work applied: at least one entry per KiB of the last snapshot
+        // (a 10 MB state snapshots every 10,000 entries, not every 2,000).
+        let every = self.config.snapshot_every.max(self.last_snapshot_bytes / SNAPSHOT_BYTES_PER_ENTRY);
+        if applied <= self.last_snapshot || (applied < self.last_snapshot + every && !self.force_snapshot) {
             return Ok(());
         }
         self.force_snapshot = false;
@@ -725,8 +735,10 @@ impl Loop {
             let state = self.state.read().unwrap_or_else(|e| e.into_inner());
             serde_json::to_vec(&*state)?
         };
+        let len = data.len() as u64;
         self.store.save_snapshot(data, applied, &self.conf_state)?;
         self.last_snapshot = applied;
+        self.last_snapshot_bytes = len;
         tracing::info!(index = applied, "saved state-machine snapshot and compacted the log");
         Ok(())
     }

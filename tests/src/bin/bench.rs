@@ -44,7 +44,7 @@ options:
   --clients N     concurrent clients (default 16)
   --capacity N    worker capacity (default 2)
   --prefetch N    assignments the worker queues beyond its capacity (default 0)
-  --schedules N   W4 schedules (default 10000); --due N of them in the same second (default 1000)
+  --schedules N   W4 schedules (default 100000); --due N of them in the same second (default 1000)
   --spread        clients spread over all nodes instead of all at the leader
   --baton PATH    the baton binary (default: next to this one, or $BATON_BIN)
   --etcd PATH     the etcd binary (default: etcd on PATH)
@@ -732,7 +732,7 @@ fn parse_args() -> Result<Opts> {
         clients: 16,
         capacity: 2,
         prefetch: 0,
-        schedules: 10_000,
+        schedules: 100_000,
         due: 1_000,
         spread: false,
         baton: std::env::var_os("BATON_BIN").map(PathBuf::from).unwrap_or(next_to_me),
@@ -1352,10 +1352,14 @@ async fn w4(o: &Opts, dir: &Path) -> Result<Value> {
     // Wait for the tick, then for every due run to be committed (as the leader's state shows).
     let tick_ms = (tick_s * 1000) as f64;
     let mut all_committed_ms = None;
+    // (ms after the tick, runs committed by then): an upper bound on each run's commit time,
+    // to the 20 ms of the polling.
+    let mut committed_by: Vec<(f64, u64)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(lead + 60);
     while Instant::now() < deadline {
         if let Ok(c) = run_counts(&b.nodes[leader].http).await {
             let total: u64 = c.values().sum();
+            committed_by.push((unix_ms() - tick_ms, total));
             if total >= due as u64 {
                 all_committed_ms = Some(r2(unix_ms() - tick_ms));
                 break;
@@ -1380,6 +1384,11 @@ async fn w4(o: &Opts, dir: &Path) -> Result<Value> {
         skew.push((r.created_at_ms - r.tick_ms) as f64);
     }
     let duplicated: usize = per_tick.values().map(|c| c - 1).sum();
+    // Tick -> committed, nearest rank: the first poll that saw that many runs committed.
+    let committed_pct = |p: f64| {
+        let rank = ((p / 100.0) * due as f64).ceil().max(1.0) as u64;
+        committed_by.iter().find(|(_, n)| *n >= rank).map(|(t, _)| r2(t.max(0.0)))
+    };
     let mut sc = pb::schedule_service_client::ScheduleServiceClient::new(channel(&addr).await?)
         .max_decoding_message_size(1 << 30);
     let schedules = sc.list(pb::ListSchedulesRequest {}).await?.into_inner().schedules;
@@ -1392,6 +1401,7 @@ async fn w4(o: &Opts, dir: &Path) -> Result<Value> {
         "apply_per_s": r2(apply_rate), "due_applied_s": r2(applied_due_s), "armed_in_time": armed_before,
         "fired": fired, "fire_skew_p50_ms": pct(&skew, 50.0), "fire_skew_p99_ms": pct(&skew, 99.0),
         "fire_skew_max_ms": pct(&skew, 100.0), "all_committed_ms": all_committed_ms,
+        "committed_p50_ms": committed_pct(50.0), "committed_p99_ms": committed_pct(99.0),
         "missed": ticks_missed + missed_runs as u64, "duplicated": duplicated, "apply_errors": errors,
         "leader_rss_mib": b.pid(leader).and_then(rss_kib).map(|k| k / 1024), "leader_rss_before_fire_mib": rss_before,
     }))
