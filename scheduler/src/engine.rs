@@ -554,8 +554,9 @@ fn plan_step(state: &State, run: &Run, si: usize, view: &View, load: &mut BTreeM
             return Some(Op::OpenWait { run_id: run.id.clone(), step_id, prompt });
         }
     };
-    // Least-loaded worker with room (a free slot before a prefetch place); ties go to the earliest registered. Chosen
-    // before rendering: with every worker busy, waiting runs cost nothing per decision.
+    // A worker with a free slot before one with only a prefetch place, then the least loaded;
+    // ties go to the earliest registered. Chosen before rendering: with every worker busy,
+    // waiting runs cost nothing per decision.
     // A target of `foreach: { workers: ... }` runs on its own worker, and waits for it.
     let pinned = run.steps[si].target_worker.as_deref();
     let worker = view
