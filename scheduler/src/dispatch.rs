@@ -15,7 +15,7 @@ use tonic::Status;
 
 use crate::api::now_ms;
 use crate::engine::WorkerSlot;
-use crate::fsm::Effect;
+use crate::fsm::{Effect, Observation};
 use crate::raft::{NodeHandle, Role};
 
 /// The stream half that carries server messages to one worker.
@@ -244,6 +244,12 @@ pub async fn run_effects(
             }
             Effect::AckResult { worker, attempt_id } if leader => {
                 workers.send(&worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id }), None);
+            }
+            Effect::Observe(Observation::Fired { tick_ms }) => {
+                crate::metrics::FIRE_SKEW.observe_ms((now_ms() - tick_ms) as f64);
+            }
+            Effect::Observe(Observation::RunStarted { after_ms }) => {
+                crate::metrics::TRIGGER_TO_START.observe_ms(after_ms as f64);
             }
             _ => {}
         }

@@ -162,6 +162,23 @@ pub enum Effect {
         /// Attempt id.
         attempt_id: u64,
     },
+    /// Something `/metrics` records (see [`crate::metrics`]).
+    Observe(Observation),
+}
+
+/// A measurement apply makes as it commits something (recorded by the node, not the state).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    /// A schedule's tick made its run (tick time, unix ms).
+    Fired {
+        /// The nominal tick.
+        tick_ms: i64,
+    },
+    /// A run's first attempt started, this long after the run was triggered.
+    RunStarted {
+        /// Trigger to start, ms (leader stamps).
+        after_ms: i64,
+    },
 }
 
 /// A committed assignment, as sent to the worker.
@@ -589,6 +606,7 @@ impl State {
         let trigger = Trigger::Schedule { name: name.to_string(), tick_ms };
         self.start_scheduled(index, now, &schedule, run_id.clone(), trigger, fx);
         advance(self, true);
+        fx.push(Effect::Observe(Observation::Fired { tick_ms }));
         Reply::Run { run_id, deduplicated: false }
     }
 
@@ -1487,12 +1505,17 @@ impl State {
             return Reply::Done;
         };
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        let first = run.steps.iter().all(|s| s.attempts.iter().all(|a| a.started_at_ms == 0));
+        let created = run.created_at_ms;
         if let Some(a) = run.steps[si].attempts.iter_mut().find(|a| a.id == attempt_id)
             && a.state == AttemptState::Assigned
         {
             a.state = AttemptState::Running;
             a.started_at_ms = now;
             fx.push(Effect::RunChanged(run_id));
+            if first {
+                fx.push(Effect::Observe(Observation::RunStarted { after_ms: now - created }));
+            }
         }
         Reply::Done
     }

@@ -7,6 +7,7 @@
 //! - `engine`: the leader's decisions as plain functions (fire, assign, expire).
 //! - `dispatch`: connected workers and the acting-out of apply's effects.
 //! - `api`: gRPC services and the HTTP endpoints.
+//! - `metrics`: latency histograms and counters for `/metrics`.
 //! - `server`: puts a node together.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod fsm;
 pub mod guards;
+pub mod metrics;
 pub mod raft;
 pub mod server;
 pub mod store;

@@ -83,6 +83,7 @@ async fn metrics(State(api): State<Api>) -> String {
         }
     }
     let alert_keys = api.node.read(|s| s.alert_runs.len());
+    crate::metrics::render(&mut out);
     out.push_str("# HELP baton_alert_keys Alert dedupe keys with a run going or cooling down.\n");
     out.push_str(&format!("# TYPE baton_alert_keys gauge\nbaton_alert_keys {alert_keys}\n"));
     out.push_str(&api.hooks.metrics());

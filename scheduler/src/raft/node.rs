@@ -157,11 +157,16 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Proposes a command (this node must lead) and waits until it is applied here.
     pub async fn propose(&self, cmd: &Command) -> Result<Applied, ProposeError> {
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Propose { data: cmd.encode(), reply })
             .map_err(|_| ProposeError::Dropped("the node is stopped".into()))?;
-        rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?
+        let applied = rx.await.map_err(|_| ProposeError::Dropped("the node stopped before applying it".into()))?;
+        if applied.is_ok() {
+            crate::metrics::COMMIT.observe_ms(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        applied
     }
 
     /// Proposes a membership change (this node must lead) and waits until it is applied.
@@ -591,7 +596,7 @@ impl Loop {
                                     let (reply, fx) = state.apply(entry.index, entry.term, cmd);
                                     let replayed = entry.index <= self.replay_until;
                                     for e in fx {
-                                        if replayed && matches!(e, Effect::Dispatch(_)) {
+                                        if replayed && matches!(e, Effect::Dispatch(_) | Effect::Observe(_)) {
                                             continue;
                                         }
                                         let _ = self.effects.send(e);
@@ -692,6 +697,9 @@ impl Loop {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         if raft.state == StateRole::Leader && self.role != StateRole::Leader {
             s.leader_epoch += 1;
+        }
+        if raft.leader_id != 0 && raft.leader_id != s.leader_id {
+            crate::metrics::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if raft.state != StateRole::Leader && self.role == StateRole::Leader {
             // Proposals still waiting may never commit under another leader.

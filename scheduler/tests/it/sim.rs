@@ -1068,7 +1068,7 @@ impl Sim {
     fn effect(&mut self, n: usize, status: Option<(bool, u64)>, effect: Effect) {
         let Some((true, term)) = status else { return };
         let (worker, msg, committed_at) = match effect {
-            Effect::RunChanged(_) => return,
+            Effect::RunChanged(_) | Effect::Observe(_) => return,
             // Only assignments this leader made in its own term.
             Effect::Dispatch(a) if a.fence.term == term => {
                 (a.worker.clone(), ToWorker::Assign(a.clone()), Some(a.attempt_id))

@@ -77,3 +77,48 @@ fn trigger_pause_unpause_and_backfill_a_schedule() {
     let out = dev.cli(&["schedule", "backfill", "tick", "--from", "yesterday"]);
     assert!(!out.ok() && out.stderr.contains("expected an RFC 3339 time"), "{out}");
 }
+
+/// A metric's value in the text format (first sample of that exact series name).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} is not in /metrics:\n{metrics}"))
+}
+
+#[test]
+fn metrics_show_commit_latency_fire_skew_run_starts_and_leader_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = scratch_library(tmp.path(), &[("quick.yaml", QUICK), ("tick.yaml", EVERY_SECOND)]);
+    let dev = Dev::start(&tmp.path().join("data"), &lib);
+    let out = dev.cli(&["run", "start", "quick", "--wait"]);
+    assert!(out.ok(), "{out}");
+    // Wait for a tick's run to start (ticks every second).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let m = baton_tests::http::get(&dev.http, "/metrics").body;
+        if sample(&m, "baton_schedule_fire_skew_seconds_count") >= 1.0
+            && sample(&m, "baton_run_start_seconds_count") >= 2.0
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no tick fired and started in 20 s:\n{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("# TYPE baton_commit_seconds histogram"), "{metrics}");
+    // Every write (the runbook and schedule applied at start, the runs) was timed.
+    assert!(sample(&metrics, "baton_commit_seconds_count") >= 4.0, "{metrics}");
+    assert_eq!(
+        sample(&metrics, "baton_commit_seconds_bucket{le=\"+Inf\"}"),
+        sample(&metrics, "baton_commit_seconds_count"),
+        "{metrics}"
+    );
+    // A skew is at least the jitter's 0 ms and well under the test's patience.
+    let skew = sample(&metrics, "baton_schedule_fire_skew_seconds_sum")
+        / sample(&metrics, "baton_schedule_fire_skew_seconds_count");
+    assert!((0.0..20.0).contains(&skew), "mean fire skew {skew} s");
+    assert!(sample(&metrics, "baton_leader_changes_total") >= 1.0, "this node took office: {metrics}");
+    // Queue depth is the pending runs.
+    sample(&metrics, "baton_runs{state=\"pending\"}");
+}
