@@ -36,6 +36,23 @@ struct Session {
     /// The attempts it reported when it registered: held (running or queued) or finished
     /// with a result not yet acknowledged.
     reported: std::collections::HashSet<u64>,
+    /// The leader's term when it registered, and whether the worker has said (in a heartbeat)
+    /// that it knows it: from then on it refuses assignments of older leaders.
+    term: u64,
+    confirmed: bool,
+    /// Attempts it never received, taken back once it confirmed the term.
+    take_back: Vec<u64>,
+}
+
+/// What became of an assignment sent to a worker.
+#[derive(Debug, PartialEq)]
+pub enum Delivery {
+    /// Handed to its session.
+    Sent,
+    /// No session can take it (not connected, or registered after it was committed).
+    NotConnected,
+    /// The worker id is connected as another process than the one it was assigned to.
+    OtherProcess,
 }
 
 /// Workers connected to this node, by id. At most one session per worker id: a newer one
@@ -59,6 +76,7 @@ impl Workers {
         register: &pb::Register,
         now_ms: i64,
         applied_index: u64,
+        term: u64,
     ) -> u64 {
         self.departed.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let no = {
@@ -82,6 +100,9 @@ impl Workers {
                 .copied()
                 .chain(register.unacked_results.iter().map(|r| r.attempt_id))
                 .collect(),
+            term,
+            confirmed: false,
+            take_back: Vec::new(),
         };
         if let Some(old) = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), session) {
             // A worker has one session: the newer one wins.
@@ -112,6 +133,42 @@ impl Workers {
             .get(worker)
             .filter(|s| s.registered_at_index < attempt_id && !s.reported.contains(&attempt_id))
             .map(|s| s.boot)
+    }
+
+    /// Takes back attempt `attempt_id` of session `no` of `worker` once the worker confirmed the
+    /// leader's term: returns the ids to take back now (this one, if already confirmed).
+    pub fn take_back(&self, worker: &str, no: Option<u64>, attempt_id: u64) -> Vec<u64> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get_mut(worker) {
+            Some(s) if no.is_none_or(|n| n == s.no) => {
+                if s.confirmed {
+                    vec![attempt_id]
+                } else {
+                    s.take_back.push(attempt_id);
+                    Vec::new()
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A heartbeat of session `no` said the worker has seen `term`. Returns the attempts to
+    /// take back now, and those to declare lost (a worker that does not say its term).
+    pub fn heard_term(&self, worker: &str, no: u64, term: u64) -> (Vec<u64>, Vec<u64>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = sessions.get_mut(worker).filter(|s| s.no == no) else { return Default::default() };
+        if s.confirmed {
+            return Default::default();
+        }
+        if term == 0 {
+            // An older worker: it never confirms, so what it did not report stays unknown.
+            return (Vec::new(), std::mem::take(&mut s.take_back));
+        }
+        if term >= s.term {
+            s.confirmed = true;
+            return (std::mem::take(&mut s.take_back), Vec::new());
+        }
+        Default::default()
     }
 
     /// Ends every session (this node stopped leading): the workers reconnect, follow the
@@ -164,6 +221,21 @@ impl Workers {
         out
     }
 
+    /// Sends an assignment committed at `attempt_id` for worker process `boot` (0: any).
+    pub fn send_assignment(&self, worker: &str, msg: pb::server_message::Msg, attempt_id: u64, boot: u64) -> Delivery {
+        let other = {
+            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            sessions.get(worker).is_some_and(|s| boot != 0 && s.boot != 0 && s.boot != boot)
+        };
+        if other {
+            Delivery::OtherProcess
+        } else if self.send(worker, msg, Some(attempt_id)) {
+            Delivery::Sent
+        } else {
+            Delivery::NotConnected
+        }
+    }
+
     /// Sends to a worker; false if it is not connected (or registered after `committed_at`).
     /// A session that cannot take a message (its buffer is full) is closed: the worker
     /// reconnects and is reconciled, instead of silently missing an assignment or a cancel.
@@ -206,20 +278,28 @@ pub async fn run_effects(
             // worker process it was meant for is not the one that registered.
             Effect::Dispatch(a) if leader && a.fence.term < status.term => {
                 let Some(boot) = workers.never_received(&a.worker, a.attempt_id) else { continue };
-                let node = node.clone();
                 let reason = format!("assigned in term {} and never delivered to worker {}", a.fence.term, a.worker);
                 // The process it was assigned to is the one that registered without it: it
                 // never ran, and is assigned again. Another process may have run it: lost.
-                let op = if boot != 0 && boot == a.worker_boot {
-                    Op::AttemptUndelivered { attempt_id: a.attempt_id, reason }
+                let ops: Vec<Op> = if boot != 0 && boot == a.worker_boot {
+                    // Once the worker confirmed this leader's term (no older leader can still
+                    // hand it over).
+                    workers
+                        .take_back(&a.worker, None, a.attempt_id)
+                        .into_iter()
+                        .map(|attempt_id| Op::AttemptUndelivered { attempt_id, reason: reason.clone() })
+                        .collect()
                 } else {
-                    Op::AttemptLost { attempt_id: a.attempt_id, reason }
+                    vec![Op::AttemptLost { attempt_id: a.attempt_id, reason }]
                 };
-                tokio::spawn(async move {
-                    if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
-                        tracing::debug!("declaring an undelivered attempt lost: {e}");
-                    }
-                });
+                for op in ops {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
+                            tracing::debug!("resolving an undelivered attempt: {e}");
+                        }
+                    });
+                }
             }
             Effect::Dispatch(a) if leader && a.fence.term == status.term => {
                 let id = a.attempt_id;
@@ -234,9 +314,25 @@ pub async fn run_effects(
                     workdir: a.workdir.unwrap_or_default(),
                     timeout_ms: a.timeout_ms.unwrap_or(0),
                 });
-                if !workers.send(&worker, msg, Some(id)) {
+                match workers.send_assignment(&worker, msg, id, a.worker_boot) {
+                    Delivery::Sent => {}
                     // The engine declares it lost once the worker's absence is confirmed.
-                    tracing::warn!(attempt = id, worker, "assignment committed but its worker is not connected");
+                    Delivery::NotConnected => {
+                        tracing::warn!(attempt = id, worker, "assignment committed but its worker is not connected")
+                    }
+                    // The worker restarted (or another process uses its id) since it was chosen:
+                    // only this leader sends this term's assignments, and it did not, so the
+                    // attempt never ran anywhere. Assigned again.
+                    Delivery::OtherProcess => {
+                        let node = node.clone();
+                        let reason = format!("worker {worker} is now another process; it was never sent");
+                        let op = Op::AttemptUndelivered { attempt_id: id, reason };
+                        tokio::spawn(async move {
+                            if let Err(e) = node.propose(&Command { at_ms: now_ms(), op }).await {
+                                tracing::debug!("taking back an unsent attempt: {e}");
+                            }
+                        });
+                    }
                 }
             }
             Effect::CancelAttempt { worker, attempt_id } if leader => {
@@ -253,5 +349,48 @@ pub async fn run_effects(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(workers: &Workers, boot: u64, term: u64) -> (u64, mpsc::Receiver<Result<pb::ServerMessage, Status>>) {
+        let (tx, rx) = mpsc::channel(8);
+        let r = pb::Register { worker_id: "w".into(), capacity: 1, boot_id: boot, ..Default::default() };
+        (workers.register("w", tx, CancellationToken::new(), &r, 0, 10, term), rx)
+    }
+
+    #[test]
+    fn attempts_are_taken_back_only_after_the_worker_confirms_the_term() {
+        let workers = Workers::default();
+        let (no, _rx) = register(&workers, 7, 5);
+        // Held: an older leader could still deliver it to a worker that has not seen term 5.
+        assert!(workers.take_back("w", Some(no), 11).is_empty());
+        assert_eq!(workers.heard_term("w", no, 4), (vec![], vec![]), "an older term confirms nothing");
+        assert_eq!(workers.heard_term("w", no + 1, 5), (vec![], vec![]), "another session's heartbeat");
+        assert_eq!(workers.heard_term("w", no, 5), (vec![11], vec![]));
+        // Confirmed: the next one goes at once.
+        assert_eq!(workers.take_back("w", Some(no), 12), vec![12]);
+        assert_eq!(workers.heard_term("w", no, 5), (vec![], vec![]), "once");
+
+        // A worker that never says its term: what it did not report stays unknown (lost).
+        let (no, _rx) = register(&workers, 8, 6);
+        assert!(workers.take_back("w", None, 13).is_empty());
+        assert_eq!(workers.heard_term("w", no, 0), (vec![], vec![13]));
+    }
+
+    #[test]
+    fn an_assignment_for_another_process_of_the_worker_is_not_sent() {
+        let workers = Workers::default();
+        let (_, mut rx) = register(&workers, 7, 5);
+        let msg = || pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: 1 });
+        assert_eq!(workers.send_assignment("w", msg(), 11, 8), Delivery::OtherProcess);
+        assert!(rx.try_recv().is_err(), "nothing was sent");
+        assert_eq!(workers.send_assignment("w", msg(), 11, 7), Delivery::Sent);
+        assert_eq!(workers.send_assignment("w", msg(), 12, 0), Delivery::Sent, "boot unknown: any process");
+        assert_eq!(workers.send_assignment("w", msg(), 9, 7), Delivery::NotConnected, "committed before it registered");
+        assert_eq!(workers.send_assignment("x", msg(), 11, 7), Delivery::NotConnected);
     }
 }

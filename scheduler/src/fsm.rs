@@ -867,9 +867,16 @@ impl State {
     fn attempt_undelivered(&mut self, now: i64, attempt_id: u64, reason: String, fx: &mut Vec<Effect>) -> Reply {
         let Some((run_id, si)) = self.active_attempts.get(&attempt_id).cloned() else { return Reply::Done };
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
         let step = &mut run.steps[si];
         let Some(pos) = step.attempts.iter().position(|a| a.id == attempt_id) else { return Reply::Done };
-        if step.attempts[pos].state != AttemptState::Assigned || run.cancel_requested || run.state.is_terminal() {
+        // Only a step the run is still on is assigned again; one of a run being stopped, or
+        // left behind when the run went on to its handlers, ends as cancelled.
+        if step.attempts[pos].state != AttemptState::Assigned
+            || run.cancel_requested
+            || run.state.is_terminal()
+            || step.block != phase
+        {
             let state = if step.attempts[pos].state == AttemptState::Assigned {
                 AttemptState::Cancelled
             } else {
@@ -888,6 +895,12 @@ impl State {
         let attempt = step.attempts.remove(pos);
         step.state = StepState::Pending;
         let step_id = step.id.clone();
+        if run.steps.iter().all(|s| s.attempts.is_empty() && s.state == StepState::Pending) {
+            // Nothing of the run has happened after all: it is pending again, as before.
+            run.state = RunState::Pending;
+            run.started_at_ms = 0;
+            run.steps[si].started_at_ms = 0;
+        }
         self.active_attempts.remove(&attempt_id);
         let by = Actor { principal: "baton".into(), via: "dispatch".into() };
         let detail =
@@ -1533,6 +1546,13 @@ impl State {
         let retry = spec.as_ref().and_then(|s| s.retry.clone());
         let tolerated = spec.as_ref().is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
+        if matches!(r.state, AttemptState::Succeeded | AttemptState::Failed | AttemptState::TimedOut)
+            && run.steps.iter().all(|s| s.attempts.iter().all(|a| a.started_at_ms == 0))
+        {
+            // It ran, and its start report has not committed yet (a step that fast): the run
+            // started no later than now.
+            fx.push(Effect::Observe(Observation::RunStarted { after_ms: now - run.created_at_ms }));
+        }
         let cancel_requested = run.cancel_requested;
         // A run stopped by its own timeout ends failed; one stopped by an operator, cancelled.
         let stopped = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
@@ -1856,6 +1876,11 @@ impl State {
         self.runs.get_mut(run_id).expect("checked above").locks_held = true;
         fx.push(Effect::RunChanged(run_id.to_string()));
         Reply::Done
+    }
+
+    /// Whether any run has (or had) attempt `attempt_id`.
+    pub fn knows_attempt(&self, attempt_id: u64) -> bool {
+        self.active_attempts.contains_key(&attempt_id) || self.worker_of(attempt_id).is_some()
     }
 
     fn worker_of(&self, attempt_id: u64) -> Option<String> {

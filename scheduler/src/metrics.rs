@@ -16,8 +16,8 @@ const BOUNDS: [f64; 16] =
 pub struct Histogram {
     name: &'static str,
     help: &'static str,
-    buckets: [AtomicU64; BOUNDS.len()],
-    count: AtomicU64,
+    /// One per bound, and one more for what is above the last (`+Inf`).
+    buckets: [AtomicU64; BOUNDS.len() + 1],
     sum_micros: AtomicU64,
 }
 
@@ -26,8 +26,7 @@ impl Histogram {
         Histogram {
             name,
             help,
-            buckets: [const { AtomicU64::new(0) }; BOUNDS.len()],
-            count: AtomicU64::new(0),
+            buckets: [const { AtomicU64::new(0) }; BOUNDS.len() + 1],
             sum_micros: AtomicU64::new(0),
         }
     }
@@ -35,28 +34,29 @@ impl Histogram {
     /// Records one duration in milliseconds (negative values count as 0).
     pub fn observe_ms(&self, ms: f64) {
         let secs = ms.max(0.0) / 1000.0;
-        if let Some(i) = BOUNDS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
+        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// How many were recorded.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     /// Appends the histogram in the text format.
     pub fn render(&self, out: &mut String) {
         let name = self.name;
         let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", self.help);
+        // One read of each bucket: `+Inf` and `_count` are their total, so a scrape during an
+        // observation stays consistent.
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         let mut cumulative = 0;
-        for (bound, n) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += n.load(Ordering::Relaxed);
+        for (bound, n) in BOUNDS.iter().zip(&counts) {
+            cumulative += n;
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }
-        let count = self.count();
+        let count = cumulative + counts[BOUNDS.len()];
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
@@ -81,7 +81,7 @@ pub static TRIGGER_TO_START: Histogram = Histogram::new(
     "From a run's trigger to the start of its first attempt (both as stamped by the leader).",
 );
 
-/// Leaders this node has seen take office.
+/// Leaders this node has seen take office after the first one it learned of.
 pub static LEADER_CHANGES: AtomicU64 = AtomicU64::new(0);
 
 /// Every histogram and counter of this module, in the text format.
@@ -91,7 +91,7 @@ pub fn render(out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "# HELP baton_leader_changes_total Leaders this node has seen take office since it started.\n\
+        "# HELP baton_leader_changes_total Leader changes this node has seen since it started.\n\
          # TYPE baton_leader_changes_total counter\nbaton_leader_changes_total {}",
         LEADER_CHANGES.load(Ordering::Relaxed)
     );

@@ -74,8 +74,11 @@ struct Memory {
     unacked: BTreeMap<u64, (pb::AttemptResult, std::time::Instant)>,
     /// The current session's outbound stream, if connected.
     out: Option<mpsc::Sender<pb::WorkerMessage>>,
-    /// One permit per slot (`capacity`); accepted attempts wait for one in arrival order.
-    slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Slots free to start an attempt (`None`: no limit). An attempt accepted while none is
+    /// free waits in `queue`; the attempt that frees a slot starts the oldest queued one.
+    free_slots: Option<u32>,
+    /// Accepted, not started: first come, first run. Their tokens are in `running`.
+    queue: VecDeque<pb::Assignment>,
     /// Random per process: lets the cluster tell "never received" from "ran in a process
     /// that is gone".
     boot: u64,
@@ -116,7 +119,7 @@ pub async fn run_worker(config: WorkerConfig, shutdown: CancellationToken) -> an
     let memory: Shared = Arc::default();
     {
         let mut m = lock(&memory);
-        m.slots = Some(Arc::new(tokio::sync::Semaphore::new(config.capacity as usize)));
+        m.free_slots = Some(config.capacity);
         m.boot = boot_id();
     }
     // Every server is tried in turn, 50 ms apart; only after a whole round failed does the
@@ -232,7 +235,11 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registere
                         tracing::info!(server, term = r.term, "registered with the cluster");
                         let mut m = lock(memory);
                         m.max_term = m.max_term.max(r.term);
+                        let term = m.max_term;
                         drop(m);
+                        // Says at once that this worker now refuses assignments of older terms.
+                        let hb = pb::Heartbeat { term };
+                        let _ = heartbeat.try_send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(hb)) });
                         let ms = u64::from(r.heartbeat_interval_ms.max(100));
                         if Duration::from_millis(ms) != interval {
                             interval = Duration::from_millis(ms);
@@ -242,12 +249,7 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registere
                     Some(pb::server_message::Msg::Assign(a)) => {
                         accept(config, memory, a);
                     }
-                    Some(pb::server_message::Msg::Cancel(c)) => {
-                        if let Some(token) = lock(memory).running.get(&c.attempt_id) {
-                            tracing::info!(attempt = c.attempt_id, "cancel requested");
-                            token.cancel();
-                        }
-                    }
+                    Some(pb::server_message::Msg::Cancel(c)) => cancel(memory, c.attempt_id),
                     Some(pb::server_message::Msg::Ack(a)) => {
                         lock(memory).unacked.remove(&a.attempt_id);
                     }
@@ -255,7 +257,8 @@ async fn session(config: &WorkerConfig, server: &str, memory: &Shared, registere
                 }
             }
             _ = ticker.tick() => {
-                let hb = pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat {})) };
+                let term = lock(memory).max_term;
+                let hb = pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Heartbeat(pb::Heartbeat { term })) };
                 if heartbeat.try_send(hb).is_err() {
                     anyhow::bail!("the session is not draining (server unresponsive)");
                 }
@@ -315,6 +318,16 @@ fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) -> bool {
         m.max_term = fence_term;
         m.remember(a.attempt_id);
         m.running.insert(a.attempt_id, token.clone());
+        // Under the same lock as a finishing attempt's look at the queue: no slot is missed.
+        match &mut m.free_slots {
+            Some(0) => {
+                tracing::info!(attempt = a.attempt_id, queued = m.queue.len() + 1, "queued until a slot frees");
+                m.queue.push_back(a);
+                return true;
+            }
+            Some(n) => *n -= 1,
+            None => {}
+        }
     }
     let config = config.clone();
     let memory = memory.clone();
@@ -322,19 +335,13 @@ fn accept(config: &WorkerConfig, memory: &Shared, a: pb::Assignment) -> bool {
     true
 }
 
-async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token: CancellationToken) {
-    let attempt_id = a.attempt_id;
-    // A prefetched attempt waits here for a slot; cancelled meanwhile, it never starts.
-    let slots = lock(&memory).slots.clone();
-    let waited = match slots {
-        Some(slots) => tokio::select! {
-            biased;
-            _ = token.cancelled() => Err(()),
-            permit = slots.acquire_owned() => permit.map(Some).map_err(drop),
-        },
-        None => Ok(None),
-    };
-    let Ok(_permit) = waited else {
+/// Stops an attempt: a queued one is dropped unstarted (and reported cancelled), a running one
+/// is asked to stop.
+fn cancel(memory: &Shared, attempt_id: u64) {
+    let mut m = lock(memory);
+    if let Some(pos) = m.queue.iter().position(|a| a.attempt_id == attempt_id) {
+        let a = m.queue.remove(pos).expect("found above");
+        m.running.remove(&attempt_id);
         tracing::info!(attempt = attempt_id, "cancelled before it started");
         let result = pb::AttemptResult {
             attempt_id,
@@ -345,9 +352,47 @@ async fn execute(config: WorkerConfig, memory: Shared, a: pb::Assignment, token:
             finished_at_ms: now_ms(),
             ..Default::default()
         };
-        finish(&memory, result).await;
-        return;
-    };
+        m.unacked.insert(attempt_id, (result.clone(), std::time::Instant::now()));
+        // If the session cannot take it now, the heartbeat re-sends it.
+        if let Some(out) = &m.out {
+            let _ = out.try_send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Result(result)) });
+        }
+    } else if let Some(token) = m.running.get(&attempt_id) {
+        tracing::info!(attempt = attempt_id, "cancel requested");
+        token.cancel();
+    }
+}
+
+/// Runs an attempt, then the queued ones its slot serves, oldest first.
+async fn execute(config: WorkerConfig, memory: Shared, mut a: pb::Assignment, mut token: CancellationToken) {
+    loop {
+        run_one(&config, &memory, a, token).await;
+        let next = {
+            let mut m = lock(&memory);
+            match m.queue.pop_front() {
+                Some(next) => {
+                    let token = m.running.get(&next.attempt_id).cloned().unwrap_or_default();
+                    Some((next, token))
+                }
+                None => {
+                    if let Some(n) = &mut m.free_slots {
+                        *n += 1;
+                    }
+                    None
+                }
+            }
+        };
+        match next {
+            Some((next, next_token)) => (a, token) = (next, next_token),
+            None => return,
+        }
+    }
+}
+
+async fn run_one(config: &WorkerConfig, memory: &Shared, a: pb::Assignment, token: CancellationToken) {
+    let config = config.clone();
+    let memory = memory.clone();
+    let attempt_id = a.attempt_id;
     tracing::info!(attempt = attempt_id, run = a.run_id, step = a.step_id, argv = ?a.argv, "starting attempt");
     send(&memory, pb::worker_message::Msg::Started(pb::AttemptStarted { attempt_id, at_ms: now_ms() })).await;
     let mut req = ExecRequest {
@@ -487,24 +532,32 @@ mod tests {
     async fn prefetched_attempts_wait_for_a_slot_and_a_cancel_drops_them_unstarted() {
         let config = WorkerConfig::new("w", vec!["http://127.0.0.1:1".into()]);
         let memory: Shared = Arc::default();
-        lock(&memory).slots = Some(Arc::new(tokio::sync::Semaphore::new(1)));
+        lock(&memory).free_slots = Some(1);
         let (out, mut sent) = mpsc::channel(64);
         lock(&memory).out = Some(out);
         let mut long = assignment(1, 1);
         long.argv = vec!["sleep".into(), "30".into()];
         assert!(accept(&config, &memory, long));
-        assert!(accept(&config, &memory, assignment(2, 1)));
-        // 1 starts; 2 waits for the only slot and is held, not started.
+        for id in [2, 3, 4] {
+            assert!(accept(&config, &memory, assignment(id, 1)));
+        }
+        // 1 starts; 2, 3 and 4 wait for the only slot and are held, not started.
         let first = sent.recv().await.unwrap();
         assert!(matches!(first.msg, Some(pb::worker_message::Msg::Started(s)) if s.attempt_id == 1));
-        assert_eq!(lock(&memory).running.len(), 2, "a queued attempt is held (reported on registering)");
-        lock(&memory).running[&2].cancel();
+        assert_eq!(lock(&memory).running.len(), 4, "queued attempts are held (reported on registering)");
+        cancel(&memory, 3);
         let next = sent.recv().await.unwrap();
         let Some(pb::worker_message::Msg::Result(r)) = next.msg else { panic!("expected a result, got {next:?}") };
-        assert_eq!((r.attempt_id, r.state), (2, pb::AttemptState::Cancelled as i32));
+        assert_eq!((r.attempt_id, r.state), (3, pb::AttemptState::Cancelled as i32));
         assert!(r.error.contains("before it started"), "{}", r.error);
-        // 1 is still running; cancelling it frees the slot.
-        assert_eq!(lock(&memory).running.keys().copied().collect::<Vec<_>>(), vec![1]);
-        lock(&memory).running[&1].cancel();
+        // Cancelling 1 frees the slot: 2 then 4 run, in the order they came.
+        cancel(&memory, 1);
+        let mut started = Vec::new();
+        while started.len() < 2 {
+            if let Some(pb::worker_message::Msg::Started(s)) = sent.recv().await.unwrap().msg {
+                started.push(s.attempt_id);
+            }
+        }
+        assert_eq!(started, [2, 4]);
     }
 }

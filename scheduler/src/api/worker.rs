@@ -104,7 +104,15 @@ impl Api {
         // assignment is either in the reconciled state or committed after the registration.
         let closed = CancellationToken::new();
         let (no, lost, stop) = self.node.read(|s| {
-            let no = self.workers.register(&worker, tx.clone(), closed.clone(), &register, now_ms(), s.applied_index);
+            let no = self.workers.register(
+                &worker,
+                tx.clone(),
+                closed.clone(),
+                &register,
+                now_ms(),
+                s.applied_index,
+                status.term,
+            );
             (
                 no,
                 reconcile(s, &worker, register.boot_id, &register.running_attempts, &reported),
@@ -134,9 +142,21 @@ impl Api {
             let _ = tx.send(Ok(pb::ServerMessage { msg: Some(msg) })).await;
         }
         for op in lost {
-            self.propose_report(op).await;
+            match op {
+                // Taken back once the worker confirms this leader's term (its next heartbeat).
+                Op::AttemptUndelivered { attempt_id, .. } => {
+                    self.workers.take_back(&worker, Some(no), attempt_id);
+                }
+                op => self.propose_report(op).await,
+            }
         }
         for r in register.unacked_results {
+            if self.node.read(|s| !s.knows_attempt(r.attempt_id)) {
+                // Taken back (no run has it): acknowledge so the worker forgets it.
+                let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
+                let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
+                continue;
+            }
             if !self.may_report(&worker, r.attempt_id) {
                 tracing::warn!(
                     worker,
@@ -174,7 +194,18 @@ impl Api {
                 }
             };
             match msg {
-                pb::worker_message::Msg::Heartbeat(_) => {}
+                pb::worker_message::Msg::Heartbeat(h) => {
+                    let (back, lost) = self.workers.heard_term(&worker, no, h.term);
+                    for attempt_id in back {
+                        let reason = format!("worker {worker} registered again without it: it never received it");
+                        self.propose_report(Op::AttemptUndelivered { attempt_id, reason }).await;
+                    }
+                    for attempt_id in lost {
+                        let reason =
+                            format!("worker {worker} reconnected without it (it restarted or never received it)");
+                        self.propose_report(Op::AttemptLost { attempt_id, reason }).await;
+                    }
+                }
                 pb::worker_message::Msg::Register(_) => {
                     tracing::warn!(worker, "ignoring a second register on one session");
                 }
@@ -198,6 +229,12 @@ impl Api {
                         attempt = r.attempt_id,
                         "ignoring a result for an attempt assigned to another worker"
                     );
+                }
+                pb::worker_message::Msg::Result(r) if self.node.read(|s| !s.knows_attempt(r.attempt_id)) => {
+                    // An attempt no run has (taken back): nothing to record; acknowledge so the
+                    // worker stops sending it.
+                    let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
+                    let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
                 }
                 pb::worker_message::Msg::Result(r) => {
                     // Output sent before the result must be durable before the result commits.

@@ -326,6 +326,7 @@ pub fn start_node(
         conf_state: initial.conf_state,
         last_snapshot: snap_index,
         last_snapshot_bytes: snapshot.data.len() as u64,
+        seen_leader: false,
         role: StateRole::Follower,
         replay_until: initial.hard_state.commit,
         transport,
@@ -384,6 +385,8 @@ struct Loop {
     last_snapshot: u64,
     /// Size of the last snapshot this process took or installed, bytes.
     last_snapshot_bytes: u64,
+    /// Whether this process has known a leader (for `baton_leader_changes_total`).
+    seen_leader: bool,
     role: StateRole,
     /// Entries up to here were committed before this process started. Their assignments may
     /// or may not have reached a worker, so they are never sent again: the engine reconciles
@@ -699,7 +702,11 @@ impl Loop {
             s.leader_epoch += 1;
         }
         if raft.leader_id != 0 && raft.leader_id != s.leader_id {
-            crate::metrics::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The first leader this process learns of is not a change.
+            if self.seen_leader {
+                crate::metrics::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            self.seen_leader = true;
         }
         if raft.state != StateRole::Leader && self.role == StateRole::Leader {
             // Proposals still waiting may never commit under another leader.

@@ -71,6 +71,10 @@ fn killing_the_leader_mid_run_keeps_every_step_exactly_once() {
     for step in run["steps"].as_array().unwrap() {
         assert_eq!(step["attempts"].as_array().unwrap().len(), 1, "no step was re-run: {run:#}");
     }
+    // The new leader's /metrics counts the change it saw.
+    let metrics = baton_tests::http::get(&cluster.nodes[(new_leader - 1) as usize].http, "/metrics").body;
+    let changes = metrics.lines().find_map(|l| l.strip_prefix("baton_leader_changes_total ")).map(str::trim);
+    assert!(changes.and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n >= 1), "{metrics}");
     // Each step's effect appears exactly once.
     let text = std::fs::read_to_string(&ledger).unwrap();
     for step in ["a", "b", "c"] {
