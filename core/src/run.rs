@@ -492,6 +492,16 @@ pub struct RunEvent {
 }
 
 impl Run {
+    /// The block of steps the run is on: its main steps, or the handlers it runs before it ends.
+    pub fn phase(&self) -> Block {
+        self.finishing.as_ref().map_or(Block::Main, |f| f.block)
+    }
+
+    /// Whether any attempt of the run has been reported started.
+    pub fn any_attempt_started(&self) -> bool {
+        self.steps.iter().any(|s| s.attempts.iter().any(|a| a.started_at_ms > 0))
+    }
+
     /// The run id of a schedule's tick. Deterministic, so a tick fired twice maps to one run.
     pub fn scheduled_id(schedule: &str, tick_ms: i64) -> String {
         format!("s-{schedule}-{tick_ms}")

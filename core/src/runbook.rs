@@ -375,6 +375,14 @@ pub fn json_schema() -> serde_json::Value {
     value
 }
 
+impl Step {
+    /// An `exec` step with no `foreach`, `when` or `parallel` group: as a run's first step, it
+    /// needs a free worker and nothing else to start.
+    pub fn is_plain_exec(&self) -> bool {
+        matches!(self.action, Action::Exec(_)) && self.foreach.is_none() && self.when.is_none() && self.group.is_none()
+    }
+}
+
 impl Runbook {
     /// Parses and validates a runbook; `file` is only used in diagnostics.
     pub fn parse(file: &str, text: &str) -> Result<Runbook, RunbookError> {

@@ -383,6 +383,9 @@ impl Schedule {
     /// The blackout window `at_ms` falls in, if any: (its action, when it ends). Windows start
     /// at the ticks of their cron expression on the schedule's wall clock.
     pub fn blackout_at(&self, at_ms: i64) -> Option<(BlackoutAction, i64)> {
+        if self.blackouts.is_empty() {
+            return None;
+        }
         let tz = Tz::from_str(&self.timezone).ok()?;
         self.blackouts.iter().find_map(|b| {
             let duration = i64::try_from(b.duration_ms).ok()?;

@@ -223,36 +223,32 @@ impl Workers {
 
     /// Sends an assignment committed at `attempt_id` for worker process `boot` (0: any).
     pub fn send_assignment(&self, worker: &str, msg: pb::server_message::Msg, attempt_id: u64, boot: u64) -> Delivery {
-        let other = {
-            let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            sessions.get(worker).is_some_and(|s| boot != 0 && s.boot != 0 && s.boot != boot)
-        };
-        if other {
-            Delivery::OtherProcess
-        } else if self.send(worker, msg, Some(attempt_id)) {
-            Delivery::Sent
-        } else {
-            Delivery::NotConnected
-        }
+        self.deliver(worker, msg, Some(attempt_id), boot)
     }
 
     /// Sends to a worker; false if it is not connected (or registered after `committed_at`).
+    pub fn send(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>) -> bool {
+        self.deliver(worker, msg, committed_at, 0) == Delivery::Sent
+    }
+
     /// A session that cannot take a message (its buffer is full) is closed: the worker
     /// reconnects and is reconciled, instead of silently missing an assignment or a cancel.
-    pub fn send(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>) -> bool {
+    fn deliver(&self, worker: &str, msg: pb::server_message::Msg, committed_at: Option<u64>, boot: u64) -> Delivery {
         let (tx, closed) = {
             let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             match sessions.get(worker) {
+                Some(s) if boot != 0 && s.boot != 0 && s.boot != boot => return Delivery::OtherProcess,
                 Some(s) if committed_at.is_none_or(|i| i > s.registered_at_index) => (s.tx.clone(), s.closed.clone()),
-                _ => return false,
+                _ => return Delivery::NotConnected,
             }
         };
-        let sent = tx.try_send(Ok(pb::ServerMessage { msg: Some(msg) })).is_ok();
-        if !sent {
+        if tx.try_send(Ok(pb::ServerMessage { msg: Some(msg) })).is_ok() {
+            Delivery::Sent
+        } else {
             tracing::warn!(worker, "worker session is not keeping up; closing it");
             closed.cancel();
+            Delivery::NotConnected
         }
-        sent
     }
 }
 

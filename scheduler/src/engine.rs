@@ -16,12 +16,10 @@ use baton_core::runbook::{Action, ForeachOver};
 use baton_core::schedule::{BlackoutAction, CatchUpPolicy};
 use baton_core::template::{eval_condition, eval_list, render_exec, render_text};
 
-use crate::fsm::{State, current_steps};
+use crate::fsm::{GUARD_GATE_END, MAX_MISSED_COUNT, State, current_steps};
 
 /// How long a proposal is remembered before the engine may propose it again.
 const INFLIGHT_TTL_MS: i64 = 5_000;
-/// At most this many ticks are counted one by one in a missed record.
-const MAX_MISSED_COUNT: u64 = 100_000;
 
 /// A connected worker, as the leader sees it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -215,9 +213,9 @@ impl Engine {
                 }
                 continue;
             }
-            if let Some((gate, _)) = guard_gate(state, run_id, view.now_ms)
-                && gate == AFTER_LAST_STEP
-                && view.guards_passed.get(run_id.as_str()) == Some(&gate)
+            // Only a run whose end gate was checked and passed can be waiting there.
+            if view.guards_passed.get(run_id.as_str()).is_some_and(|g| g == GUARD_GATE_END)
+                && state.guard_gate(run_id, view.now_ms).is_some_and(|(gate, _)| gate == GUARD_GATE_END)
                 && self.claim(format!("guards:{run_id}"), view.now_ms)
             {
                 ops.push(Op::GuardsPassed { run_id: run_id.clone() });
@@ -315,12 +313,7 @@ impl Engine {
             };
             if !workers_free && run.state == RunState::Pending && run.locks.is_empty() {
                 let needs = first_needs_worker.get(run, || {
-                    state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| {
-                        matches!(s.action, Action::Exec(_))
-                            && s.foreach.is_none()
-                            && s.when.is_none()
-                            && s.group.is_none()
-                    })
+                    state.runbook_of(run).and_then(|rb| rb.steps.first()).is_none_or(|s| s.is_plain_exec())
                 });
                 if needs {
                     continue;
@@ -365,7 +358,7 @@ impl Engine {
                 continue;
             }
             // Guards are checked (outside the engine) before each step or batch starts.
-            if let Some((gate, _)) = guard_gate(state, run_id, view.now_ms)
+            if let Some((gate, _)) = state.guard_gate(run_id, view.now_ms)
                 && view.guards_passed.get(run_id.as_str()) != Some(&gate)
             {
                 continue;
@@ -426,18 +419,6 @@ impl<'s, T: Copy> PerVersion<'s, T> {
     }
 }
 
-/// See [`State::guard_gate`].
-pub fn guard_gate<'s>(
-    state: &'s State,
-    run_id: &str,
-    now_ms: i64,
-) -> Option<(String, &'s [baton_core::runbook::Guard])> {
-    state.guard_gate(run_id, now_ms)
-}
-
-/// The gate after a run's last step.
-pub const AFTER_LAST_STEP: &str = crate::fsm::GUARD_GATE_END;
-
 /// Every run that waits at a guard gate: (run id, gate, guards).
 pub fn guard_gates(state: &State, now_ms: i64) -> Vec<(String, String, Vec<baton_core::runbook::Guard>)> {
     if !state.runbooks.values().any(|e| e.versions.values().any(|rb| !rb.guards.is_empty())) {
@@ -446,7 +427,7 @@ pub fn guard_gates(state: &State, now_ms: i64) -> Vec<(String, String, Vec<baton
     state
         .active_runs
         .iter()
-        .filter_map(|id| guard_gate(state, id, now_ms).map(|(gate, guards)| (id.clone(), gate, guards.to_vec())))
+        .filter_map(|id| state.guard_gate(id, now_ms).map(|(gate, guards)| (id.clone(), gate, guards.to_vec())))
         .collect()
 }
 

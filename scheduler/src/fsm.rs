@@ -26,7 +26,7 @@ pub const GUARD_GATE_END: &str = "end";
 /// At most this many ticks are run by one backfill.
 pub const MAX_BACKFILL: usize = 1_000;
 /// At most this many ticks are counted one by one in a missed record.
-const MAX_MISSED_COUNT: u64 = 100_000;
+pub(crate) const MAX_MISSED_COUNT: u64 = 100_000;
 use serde::{Deserialize, Serialize};
 
 /// All replicated state. Serialized whole into snapshots.
@@ -255,15 +255,9 @@ impl State {
             && !run.paused
             && !run.cancel_requested
             && run.steps.first().is_some_and(|s| s.attempts.is_empty() && s.state == StepState::Pending)
-            && self.runbook_of(run).is_some_and(|rb| {
-                rb.timeout_ms.is_none()
-                    && rb.steps.first().is_some_and(|s| {
-                        matches!(s.action, Action::Exec(_))
-                            && s.foreach.is_none()
-                            && s.when.is_none()
-                            && s.group.is_none()
-                    })
-            })
+            && self
+                .runbook_of(run)
+                .is_some_and(|rb| rb.timeout_ms.is_none() && rb.steps.first().is_some_and(|s| s.is_plain_exec()))
     }
 
     /// Applies one committed command at (`index`, `term`).
@@ -867,7 +861,7 @@ impl State {
     fn attempt_undelivered(&mut self, now: i64, attempt_id: u64, reason: String, fx: &mut Vec<Effect>) -> Reply {
         let Some((run_id, si)) = self.active_attempts.get(&attempt_id).cloned() else { return Reply::Done };
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
-        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+        let phase = run.phase();
         let step = &mut run.steps[si];
         let Some(pos) = step.attempts.iter().position(|a| a.id == attempt_id) else { return Reply::Done };
         // Only a step the run is still on is assigned again; one of a run being stopped, or
@@ -1025,11 +1019,7 @@ impl State {
                     ));
                 }
             },
-            None => match run
-                .steps
-                .iter()
-                .position(|s| s.block == Block::Main && !(s.state.is_done() || s.failure_tolerated))
-            {
+            None => match first_open {
                 Some(i) => i,
                 None => return Reply::Rejected(format!("run {run_id} has no step left to retry")),
             },
@@ -1329,20 +1319,15 @@ impl State {
         let group_failure = self.target_failed(run_id, si, now);
         let run = self.runs.get_mut(run_id).expect("checked above");
         match group_failure {
-            None => {
-                run.steps[si].failure_tolerated = true;
-                self.group_progress(run_id, si, now);
-                self.settle(run_id, now);
-            }
-            Some(_) if tolerated => {
-                run.steps[si].failure_tolerated = true;
-                self.group_progress(run_id, si, now);
-                self.settle(run_id, now);
-            }
-            Some(why) => {
+            Some(why) if !tolerated => {
                 let message = why.unwrap_or_else(|| format!("step {step_id} failed: {error}"));
                 self.finish_run(run_id, RunState::Failed, Some(message), now);
                 self.stop_others(run_id, fx);
+            }
+            _ => {
+                run.steps[si].failure_tolerated = true;
+                self.group_progress(run_id, si, now);
+                self.settle(run_id, now);
             }
         }
     }
@@ -1404,7 +1389,7 @@ impl State {
     /// their workers to stop them.
     fn stop_others(&self, run_id: &str, fx: &mut Vec<Effect>) {
         let Some(run) = self.runs.get(run_id) else { return };
-        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+        let phase = run.phase();
         for s in run.steps.iter().filter(|s| run.state.is_terminal() || s.block != phase) {
             if let Some(a) = s.active_attempt() {
                 fx.push(Effect::CancelAttempt { worker: a.worker.clone(), attempt_id: a.id });
@@ -1499,7 +1484,7 @@ impl State {
     /// tolerated) as succeeded; otherwise leaves it be.
     fn settle(&mut self, run_id: &str, now: i64) {
         let done = self.runs.get(run_id).is_some_and(|r| {
-            let block = r.finishing.as_ref().map_or(Block::Main, |f| f.block);
+            let block = r.phase();
             // A run with guards succeeds only once they passed after its last step.
             let guarded = block == Block::Main
                 && !r.guards_after_passed
@@ -1518,7 +1503,7 @@ impl State {
             return Reply::Done;
         };
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
-        let first = run.steps.iter().all(|s| s.attempts.iter().all(|a| a.started_at_ms == 0));
+        let first = !run.any_attempt_started();
         let created = run.created_at_ms;
         if let Some(a) = run.steps[si].attempts.iter_mut().find(|a| a.id == attempt_id)
             && a.state == AttemptState::Assigned
@@ -1547,7 +1532,7 @@ impl State {
         let tolerated = spec.as_ref().is_some_and(|s| s.continue_on_error);
         let run = self.runs.get_mut(&run_id).expect("active attempt has a run");
         if matches!(r.state, AttemptState::Succeeded | AttemptState::Failed | AttemptState::TimedOut)
-            && run.steps.iter().all(|s| s.attempts.iter().all(|a| a.started_at_ms == 0))
+            && !run.any_attempt_started()
         {
             // It ran, and its start report has not committed yet (a step that fast): the run
             // started no later than now.
@@ -1556,7 +1541,7 @@ impl State {
         let cancel_requested = run.cancel_requested;
         // A run stopped by its own timeout ends failed; one stopped by an operator, cancelled.
         let stopped = if run.timed_out { RunState::Failed } else { RunState::Cancelled };
-        let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+        let phase = run.phase();
         let step = &mut run.steps[si];
         let attempt = step.attempts.iter_mut().find(|a| a.id == attempt_id).expect("attempt exists");
         attempt.state = if r.state.is_terminal() { r.state } else { AttemptState::Failed };
@@ -1698,7 +1683,7 @@ impl State {
         if active.is_empty() {
             // The steps of the current block end here; on_failure / on_cancel steps are left
             // for finish_run to run (or not).
-            let phase = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+            let phase = run.phase();
             for s in run
                 .steps
                 .iter_mut()
@@ -1984,7 +1969,7 @@ fn run_state_text(run: &Run) -> &'static str {
 /// handler steps while it is finishing) that is pending, running or waiting (steps run in order;
 /// done, skipped and tolerated-failed steps are behind it).
 pub fn next_step(run: &Run) -> Option<usize> {
-    let block = run.finishing.as_ref().map_or(Block::Main, |f| f.block);
+    let block = run.phase();
     run.steps.iter().position(|s| {
         s.block == block && matches!(s.state, StepState::Pending | StepState::Running | StepState::Waiting)
     })

@@ -1,6 +1,6 @@
 //! Guards: the checks a runbook makes before each step or batch of a run starts.
 //!
-//! The engine stays sans-IO: it holds a run at its guard gate ([`engine::guard_gate`]) until
+//! The engine stays sans-IO: it holds a run at its guard gate ([`State::guard_gate`]) until
 //! the leader's [`Guards`] has seen every guard pass for that gate. Checks run here, on the
 //! leader, outside the Ready loop: a Prometheus instant query that must return at least one
 //! sample, as an alerting rule fires (`up == 1`, `rate(errors[5m]) < 1`), or an HTTP GET that must answer
@@ -8,7 +8,7 @@
 //! (`guard "error rate" failed before step restart[web-2]: ...`); `baton run resume` makes
 //! the run check again at the same gate.
 //!
-//! [`engine::guard_gate`]: crate::engine::guard_gate
+//! [`State::guard_gate`]: crate::fsm::State::guard_gate
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -130,7 +130,10 @@ impl Checker {
                     Ok(())
                 } else {
                     let want = status.map_or("a 2xx status".to_string(), |s| s.to_string());
-                    Err(format!("GET {} answered {got}, expected {want}", short_url(&url)))
+                    Err(format!(
+                        "GET {} answered {got}, expected {want}",
+                        crate::api::hooks::outbound::without_query(&url)
+                    ))
                 }
             }
         }
@@ -184,10 +187,6 @@ fn encode_query(text: &str) -> String {
 }
 
 /// `scheme://host/path` without the query string (it may carry a token).
-fn short_url(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
-}
-
 /// Checks the guards of every run waiting at a gate, a few at a time, on the leader: a pass
 /// opens the gate for the engine, a failure pauses the run through `pause`.
 pub async fn check_gates<F, Fut>(
@@ -209,7 +208,7 @@ pub async fn check_gates<F, Fut>(
             let passed = verdict == Verdict::Pass;
             if let Verdict::Fail { guard, reason } = verdict {
                 let when = match gate.split('#').next().unwrap_or(&gate) {
-                    crate::engine::AFTER_LAST_STEP => "after the last step".to_string(),
+                    crate::fsm::GUARD_GATE_END => "after the last step".to_string(),
                     step => format!("before step {step}"),
                 };
                 pause(run_id.clone(), gate.clone(), format!("guard {guard:?} failed {when}: {reason}")).await;

@@ -39,11 +39,6 @@ impl Histogram {
         self.sum_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 
-    /// How many were recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
     /// Appends the histogram in the text format.
     pub fn render(&self, out: &mut String) {
         let name = self.name;

@@ -390,11 +390,9 @@ async fn execute(config: WorkerConfig, memory: Shared, mut a: pb::Assignment, mu
 }
 
 async fn run_one(config: &WorkerConfig, memory: &Shared, a: pb::Assignment, token: CancellationToken) {
-    let config = config.clone();
-    let memory = memory.clone();
     let attempt_id = a.attempt_id;
     tracing::info!(attempt = attempt_id, run = a.run_id, step = a.step_id, argv = ?a.argv, "starting attempt");
-    send(&memory, pb::worker_message::Msg::Started(pb::AttemptStarted { attempt_id, at_ms: now_ms() })).await;
+    send(memory, pb::worker_message::Msg::Started(pb::AttemptStarted { attempt_id, at_ms: now_ms() })).await;
     let mut req = ExecRequest {
         argv: a.argv.clone(),
         env: a.env.clone().into_iter().collect(),
@@ -463,7 +461,7 @@ async fn run_one(config: &WorkerConfig, memory: &Shared, a: pb::Assignment, toke
         error: outcome.error.unwrap_or_default(),
         finished_at_ms: now_ms(),
     };
-    finish(&memory, result).await;
+    finish(memory, result).await;
 }
 
 /// Keeps a result until it is acknowledged, and reports it.

@@ -56,6 +56,11 @@ pub struct Api {
 /// How long a request waits for the cluster (a leader, a commit, a read barrier).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A new run id: `r-` and 16 random hex digits.
+pub fn new_run_id() -> String {
+    format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
+}
+
 /// Wall-clock time in unix ms: read here, at the edge, and stamped into commands.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -327,10 +332,10 @@ impl pb::schedule_service_server::ScheduleService for Api {
         let req = req.into_inner();
         let by = runs::actor(&req.principal, "api", false)?;
         self.schedule_exists(&req.name)?;
-        let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let run_id = crate::api::new_run_id();
         let op = Op::TriggerSchedule { schedule: req.name, run_id, by };
         match self.propose(op).await? {
-            Reply::Run { run_id, .. } => Ok(Response::new(self.run_pb(&run_id)?)),
+            Reply::Run { run_id, .. } => Ok(Response::new(self.get_run(&run_id)?)),
             other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}")).into()),
         }
     }
@@ -395,12 +400,6 @@ impl Api {
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )))
         })
-    }
-
-    fn run_pb(&self, id: &str) -> Result<pb::Run, ApiError> {
-        self.node
-            .read(|s| s.runs.get(id).map(baton_proto::run_to_pb))
-            .ok_or_else(|| ApiError::NotFound(format!("run {id:?} does not exist")))
     }
 
     async fn pause_schedule(&self, req: pb::PauseScheduleRequest, paused: bool) -> Result<pb::Schedule, ApiError> {

@@ -34,7 +34,7 @@ fn param_field(e: &ParamError) -> String {
 }
 
 impl Api {
-    fn get_run(&self, id: &str) -> Result<pb::Run, ApiError> {
+    pub(super) fn get_run(&self, id: &str) -> Result<pb::Run, ApiError> {
         self.node
             .read(|s| s.runs.get(id).map(run_to_pb))
             .ok_or_else(|| ApiError::NotFound(format!("run {id:?} does not exist")))
@@ -71,7 +71,7 @@ impl Api {
         if let Some(id) = existing {
             return Ok(pb::StartRunResponse { run: Some(self.get_run(&id)?), deduplicated: true });
         }
-        let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let run_id = crate::api::new_run_id();
         let op = if req.principal.is_empty() {
             Op::StartRun { run_id, runbook: req.runbook, params, idempotency_key: key }
         } else {
@@ -137,7 +137,11 @@ impl Api {
                     .collect(),
                 budget,
                 refused: s.budget_refusal(rb, &run, now).unwrap_or_default(),
-                active_runs: s.runs_newest_first(&rb.name).filter(|r| s.active_runs.contains(&r.id)).count() as u32,
+                active_runs: s
+                    .active_runs
+                    .iter()
+                    .filter(|id| s.runs.get(*id).is_some_and(|r| r.runbook == rb.name))
+                    .count() as u32,
                 concurrency: rb.concurrency.unwrap_or(0),
                 timeout_ms: rb.timeout_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)),
                 steps,

@@ -230,20 +230,20 @@ guards:
 
 #[test]
 fn a_run_with_guards_waits_at_each_gate_until_they_pass() {
-    use baton_scheduler::engine::{guard_gate, guard_gates};
+    use baton_scheduler::engine::guard_gates;
     let mut w = World::new(&[GUARDED]);
     w.start("r1", "guarded");
     // At the first gate: nothing starts until the guards passed for it.
-    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("one#0".to_string()));
+    assert_eq!(w.state.guard_gate("r1", w.now).map(|(g, _)| g), Some("one#0".to_string()));
     assert_eq!(guard_gates(&w.state, w.now)[0].2[0].name, "error rate");
     assert!(assigned(&w.step()).is_empty());
     w.guards_passed.insert("r1".into(), "one#0".into());
     assert_eq!(assigned(&w.step()), ["r1"]);
     // While a step runs there is no gate; when it ends, the next one is a new gate.
-    assert!(guard_gate(&w.state, "r1", w.now).is_none());
+    assert!(w.state.guard_gate("r1", w.now).is_none());
     let a = w.active("r1");
     w.finish(a, AttemptState::Succeeded);
-    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
+    assert_eq!(w.state.guard_gate("r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
     assert!(assigned(&w.step()).is_empty(), "the pass was for the first gate only");
     // A failed guard pauses the run (the leader proposes it, with the reason); resuming
     // brings the run back to the same gate, to be checked again.
@@ -254,16 +254,16 @@ fn a_run_with_guards_waits_at_each_gate_until_they_pass() {
     w.apply(Op::GuardFailed { run_id: "r1".into(), gate: "two#0".into(), reason: reason.into() });
     assert!(w.state.runs["r1"].paused);
     assert_eq!(w.state.runs["r1"].pause_reason, reason);
-    assert!(guard_gate(&w.state, "r1", w.now).is_none(), "a paused run is not checked");
+    assert!(w.state.guard_gate("r1", w.now).is_none(), "a paused run is not checked");
     w.apply(Op::ResumeRun { run_id: "r1".into(), by: by("ops") });
-    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
+    assert_eq!(w.state.guard_gate("r1", w.now).map(|(g, _)| g), Some("two#0".to_string()));
     w.guards_passed.insert("r1".into(), "two#0".into());
     assert_eq!(assigned(&w.step()), ["r1"]);
     // After the last step the guards are checked once more before the run succeeds.
     let a = w.active("r1");
     w.finish(a, AttemptState::Succeeded);
     assert_eq!(w.run_state("r1"), RunState::Running);
-    assert_eq!(guard_gate(&w.state, "r1", w.now).map(|(g, _)| g), Some("end".to_string()));
+    assert_eq!(w.state.guard_gate("r1", w.now).map(|(g, _)| g), Some("end".to_string()));
     assert!(w.step().is_empty());
     w.guards_passed.insert("r1".into(), "end".into());
     assert_eq!(w.step(), [Op::GuardsPassed { run_id: "r1".into() }]);

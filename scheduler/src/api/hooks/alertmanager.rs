@@ -548,7 +548,7 @@ pub(super) async fn receive(State(api): State<Api>, headers: HeaderMap, body: By
             Ok(()) => {
                 entry.start = Some(AlertStart {
                     rule: rule.name.clone(),
-                    run_id: format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+                    run_id: crate::api::new_run_id(),
                     runbook: rule.runbook.clone(),
                     params: rendered.params,
                     cooldown_ms: rule.cooldown_ms,

@@ -26,7 +26,7 @@ use baton_proto::v1 as pb;
 
 use super::Platform;
 use super::notify::{self, ReplyTarget};
-use crate::api::{Api, ApiError};
+use crate::api::Api;
 use crate::fsm::{Reply, State, next_step};
 
 /// What `help` (and every usage error) shows.
@@ -407,7 +407,7 @@ async fn start(
     if let Err(e) = resolved {
         return Answer::private(e);
     }
-    let run_id = format!("r-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let run_id = crate::api::new_run_id();
     let params = params.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
     let op = Op::StartRunAs {
         run_id,
@@ -487,7 +487,6 @@ async fn cancel(api: &Api, caller: &Caller, run: &str, reason: String) -> Answer
             let state = api.node.read(|s| s.runs.get(run).map(state_text)).unwrap_or_default();
             Answer::public(format!("{who} cancelled run `{run}`; it is {state}."))
         }
-        Err(ApiError::Rejected(why)) => Answer::private(format!("Not cancelled: {why}")),
         Err(e) => Answer::private(format!("Not cancelled: {e}")),
     }
 }

@@ -26,8 +26,7 @@ use crate::api::Api;
 type HmacSha256 = Hmac<Sha256>;
 
 fn keyed(key: &[u8]) -> HmacSha256 {
-    // HMAC takes a key of any length: new_from_slice cannot fail.
-    HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
+    super::hmac_sha256(key)
 }
 
 fn action_mac(token: &str, action: &str, run: &str, step: &str) -> HmacSha256 {

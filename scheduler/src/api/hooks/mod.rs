@@ -453,13 +453,17 @@ pub async fn run(api: Api, shutdown: CancellationToken) {
     shutdown.cancelled().await;
 }
 
+/// An HMAC-SHA256 keyed with `key`.
+pub fn hmac_sha256(key: &[u8]) -> Hmac<sha2::Sha256> {
+    // HMAC takes a key of any length: new_from_slice cannot fail.
+    Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
+}
+
 /// True when `given` equals `expected`, compared in constant time (both are first reduced to
 /// an HMAC, so neither their contents nor their lengths leak through timing).
 pub fn tokens_match(expected: &str, given: &str) -> bool {
     let digest = |text: &str| {
-        // HMAC takes a key of any length: new_from_slice cannot fail.
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"baton-token-compare")
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key"));
+        let mut mac = hmac_sha256(b"baton-token-compare");
         mac.update(text.as_bytes());
         mac
     };

@@ -52,6 +52,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// `url` without its query (which may carry a token), for messages.
+pub fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
 impl Outbound {
     /// A client with Mozilla's root certificates.
     pub fn new() -> Outbound {
@@ -92,7 +97,7 @@ impl Outbound {
     /// URL without its query (it may carry a token).
     pub async fn get(&self, url: &str, max_body: usize) -> Result<(u16, Vec<u8>), String> {
         let uri = check_url(url)?;
-        let shown = url.split('?').next().unwrap_or(url);
+        let shown = without_query(url);
         let request = Request::get(uri)
             .header(header::USER_AGENT, concat!("baton/", env!("CARGO_PKG_VERSION")))
             .body(Full::new(Bytes::new()))
