@@ -313,10 +313,14 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = applied.recv() => {
-                // One decision covers every batch applied meanwhile: under load, batches
-                // arrive faster than decisions are made, and each decision reads the whole state.
-                while !matches!(applied.try_recv(), Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)) {}
+            // One decision covers every batch applied meanwhile (the watch keeps only the
+            // latest index): under load, batches arrive faster than decisions are made.
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    // The Raft loop stopped; nothing will be applied here again.
+                    shutdown.cancelled().await;
+                    return;
+                }
             }
             _ = tokio::time::sleep(wait) => {}
         }

@@ -9,7 +9,7 @@ use baton_core::command::Command;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{oneshot, watch};
 
 use crate::fsm::{Effect, Reply, State};
 use crate::store::{Persist, RaftStorage, Store};
@@ -151,7 +151,8 @@ pub struct NodeHandle {
     tx: mpsc::Sender<Msg>,
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<NodeStatus>>,
-    applied: broadcast::Sender<u64>,
+    /// The applied index, published after every Ready that applied entries or a snapshot.
+    applied: watch::Sender<u64>,
 }
 
 impl NodeHandle {
@@ -205,22 +206,11 @@ impl NodeHandle {
     }
 
     /// Waits until this node has applied `index` (after a write forwarded to the leader, so
-    /// the caller reads its own write here), or `timeout` passes.
+    /// the caller reads its own write here), or `timeout` passes. A watch holds the latest
+    /// applied index, so an index applied just before the wait began is seen at once.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
-        if self.status().applied >= index {
-            return true;
-        }
-        loop {
-            // The broadcast carries the applied index itself (it is sent before the
-            // published status catches up).
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Ok(applied)) if applied >= index => return true,
-                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return self.status().applied >= index,
-                Ok(_) => {}
-            }
-        }
+        matches!(tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= index)).await, Ok(Ok(_)))
     }
 
     /// Runs `f` over the applied state. Never call it across an `.await`.
@@ -233,8 +223,8 @@ impl NodeHandle {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Notified with the applied index after every batch of applied entries.
-    pub fn subscribe_applied(&self) -> broadcast::Receiver<u64> {
+    /// The applied index, changed after every Ready that applied entries or a snapshot.
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
     }
 
@@ -305,7 +295,7 @@ pub fn start_node(
         last_index: 0,
     };
     let (tx, rx) = mpsc::channel();
-    let (applied_tx, _) = broadcast::channel(64);
+    let (applied_tx, _) = watch::channel(snap_index);
     let handle = NodeHandle {
         tx,
         state: Arc::new(RwLock::new(state)),
@@ -334,6 +324,7 @@ pub fn start_node(
         reads: HashMap::new(),
         ready_reads: Vec::new(),
         next_read: 1,
+        replies: Vec::new(),
     };
     // Members added after the cluster was founded are known from the replicated state.
     let joined: Vec<(u64, String)> =
@@ -374,7 +365,7 @@ struct Loop {
     store: Arc<dyn Store>,
     state: Arc<RwLock<State>>,
     status: Arc<Mutex<NodeStatus>>,
-    applied_tx: broadcast::Sender<u64>,
+    applied_tx: watch::Sender<u64>,
     effects: tokio::sync::mpsc::UnboundedSender<Effect>,
     /// Proposals of this node waiting to be applied, by the id in their entry context.
     pending: HashMap<u64, ReplyTx>,
@@ -400,6 +391,9 @@ struct Loop {
     /// Confirmed reads waiting for the applied index to reach their read index.
     ready_reads: Vec<(u64, oneshot::Sender<Result<u64, ProposeError>>)>,
     next_read: u64,
+    /// This node's proposals applied in this Ready, with their replies and indexes: answered
+    /// once the Ready's status is published.
+    replies: Vec<(ReplyTx, Reply, u64)>,
 }
 
 impl Loop {
@@ -544,7 +538,9 @@ impl Loop {
         self.apply(committed)?;
         self.raw.advance_apply();
 
+        // Waiters wake on the applied index, entries and installed snapshots alike.
         let applied = self.raw.raft.raft_log.applied;
+        self.applied_tx.send_if_modified(|a| std::mem::replace(a, applied) != applied);
         for (index, tx) in std::mem::take(&mut self.ready_reads) {
             if index <= applied {
                 let _ = tx.send(Ok(index));
@@ -553,6 +549,11 @@ impl Loop {
             }
         }
         self.publish_status();
+        // Answer proposals last: a caller that hears its command applied finds the status
+        // (voters, applied index) and the applied watch saying so too.
+        for (tx, reply, index) in self.replies.drain(..) {
+            let _ = tx.send(Ok((reply, index)));
+        }
         self.maybe_snapshot()?;
         Ok(())
     }
@@ -581,53 +582,50 @@ impl Loop {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
-        let Some(last) = entries.last().map(|e| e.index) else { return Ok(()) };
-        let mut replies = Vec::new();
-        {
-            let shared = self.state.clone();
-            let mut state = shared.write().unwrap_or_else(|e| e.into_inner());
-            for entry in entries {
-                match entry.get_entry_type() {
-                    EntryType::EntryNormal => {
-                        let reply = if entry.data.is_empty() {
-                            // The empty entry a new leader appends: nothing to apply.
-                            state.applied_index = entry.index;
-                            Reply::Done
-                        } else {
-                            match Command::decode(&entry.data) {
-                                Ok(cmd) => {
-                                    let (reply, fx) = state.apply(entry.index, entry.term, cmd);
-                                    let replayed = entry.index <= self.replay_until;
-                                    for e in fx {
-                                        if replayed && matches!(e, Effect::Dispatch(_) | Effect::Observe(_)) {
-                                            continue;
-                                        }
-                                        let _ = self.effects.send(e);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let shared = self.state.clone();
+        let mut state = shared.write().unwrap_or_else(|e| e.into_inner());
+        for entry in entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let reply = if entry.data.is_empty() {
+                        // The empty entry a new leader appends: nothing to apply.
+                        state.applied_index = entry.index;
+                        Reply::Done
+                    } else {
+                        match Command::decode(&entry.data) {
+                            Ok(cmd) => {
+                                let (reply, fx) = state.apply(entry.index, entry.term, cmd);
+                                let replayed = entry.index <= self.replay_until;
+                                for e in fx {
+                                    if replayed && matches!(e, Effect::Dispatch(_) | Effect::Observe(_)) {
+                                        continue;
                                     }
-                                    reply
+                                    let _ = self.effects.send(e);
                                 }
-                                Err(e) => {
-                                    // Every node skips the same undecodable entry: still deterministic.
-                                    state.applied_index = entry.index;
-                                    Reply::Rejected(format!("undecodable command at index {}: {e}", entry.index))
-                                }
+                                reply
                             }
-                        };
-                        replies.push((entry.context, reply, entry.index));
+                            Err(e) => {
+                                // Every node skips the same undecodable entry: still deterministic.
+                                state.applied_index = entry.index;
+                                Reply::Rejected(format!("undecodable command at index {}: {e}", entry.index))
+                            }
+                        }
+                    };
+                    if let Some(tx) = self.own_proposal(&entry.context) {
+                        self.replies.push((tx, reply, entry.index));
                     }
-                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                        let reply = self.apply_conf_change(&mut state, &entry)?;
-                        replies.push((entry.context, reply, entry.index));
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let reply = self.apply_conf_change(&mut state, &entry)?;
+                    if let Some(tx) = self.own_proposal(&entry.context) {
+                        self.replies.push((tx, reply, entry.index));
                     }
                 }
             }
         }
-        for (ctx, reply, index) in replies {
-            if let Some(tx) = self.own_proposal(&ctx) {
-                let _ = tx.send(Ok((reply, index)));
-            }
-        }
-        let _ = self.applied_tx.send(last);
         Ok(())
     }
 

@@ -107,8 +107,13 @@ fn join_remove_rejoin_by_snapshot_and_restore_from_a_backup() {
     let out = cli(a(2), &["cluster", "join", "4", a(4)]);
     assert!(out.ok(), "{out}");
     eventually("node 4 to catch up", || runs(a(4)) == history);
-    let status = json(a(4), &["cluster", "status"]);
-    assert_eq!(status["members"].as_array().unwrap().len(), 4, "{status:#}");
+    // Its status is published at the end of the Ready that installed the snapshot, a moment
+    // after the state it reads from: poll it too.
+    let mut status = Value::Null;
+    eventually("node 4 to report four members and its snapshot", || {
+        status = json(a(4), &["cluster", "status"]);
+        status["members"].as_array().unwrap().len() == 4
+    });
     assert!(status["snapshot_index"].as_u64().unwrap() > 0, "caught up from a snapshot: {status:#}");
 
     // A duplicate join and removing a non-member are refused.
