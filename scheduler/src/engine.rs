@@ -625,6 +625,33 @@ pub fn holds(state: &State, worker: &str, attempt_id: u64) -> bool {
     })
 }
 
+/// What the leader does with a result a worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultRoute {
+    /// Commit it (`AttemptFinished`); the worker's acknowledgement follows the commit.
+    Propose,
+    /// Acknowledge it at once: there is nothing to record (see [`route_result`]).
+    Ack,
+    /// Ignore it: the attempt is active on another worker.
+    Ignore,
+}
+
+/// Routes a result for `attempt_id` reported by `worker`. A result is acknowledged without a
+/// commit only when this node has applied the attempt's `Assign` (an attempt id is the index
+/// of that entry) and holds no such attempt: it was taken back. A node that has not applied
+/// that far (a new leader catching up) must not decide so: the worker would forget a result
+/// of an attempt it ran, and a later registration without it would take it back and run the
+/// step again.
+pub fn route_result(state: &State, worker: &str, attempt_id: u64) -> ResultRoute {
+    if attempt_id <= state.applied_index && !state.knows_attempt(attempt_id) {
+        ResultRoute::Ack
+    } else if holds(state, worker, attempt_id) || !state.active_attempts.contains_key(&attempt_id) {
+        ResultRoute::Propose
+    } else {
+        ResultRoute::Ignore
+    }
+}
+
 /// Attempts a (re)registering worker runs that it should stop: already resolved (for example
 /// declared lost), assigned to another worker, or of a run being cancelled. An id this node
 /// has not applied yet is left alone: it may be a valid assignment this node is behind on.
@@ -915,5 +942,35 @@ steps:
         assert!(matches!(&reconcile(&w.state, "a", 7, &[], &[])[..], [Op::AttemptLost { .. }]));
         w.apply(50, Op::AttemptUndelivered { attempt_id: id, reason: "test".into() });
         assert_eq!(w.state.runs["r1"].steps[0].attempts[0].state, AttemptState::Lost);
+    }
+
+    #[test]
+    fn a_result_is_acknowledged_without_a_commit_only_where_its_assignment_was_applied() {
+        let mut w = World::new();
+        w.start("r1");
+        let behind = w.state.clone();
+        let ops = Engine::new().decide(&w.state, &view(10, &[("a", 1)]));
+        for op in ops {
+            w.apply(10, op);
+        }
+        let id = *w.state.active_attempts.keys().next().unwrap();
+        assert_eq!(route_result(&w.state, "a", id), ResultRoute::Propose);
+        assert_eq!(route_result(&w.state, "b", id), ResultRoute::Ignore, "another worker's attempt");
+        // A new leader that has not applied the assignment yet knows no such attempt. It must
+        // not acknowledge the result (the worker would forget an attempt it ran): it commits
+        // it, and apply sees the assignment first.
+        assert!(!behind.knows_attempt(id) && behind.applied_index < id);
+        assert_eq!(route_result(&behind, "a", id), ResultRoute::Propose);
+        // Taken back: nothing to record, so it is acknowledged at once.
+        w.apply(20, Op::AttemptUndelivered { attempt_id: id, reason: "test".into() });
+        assert_eq!(route_result(&w.state, "a", id), ResultRoute::Ack);
+        // A resolved attempt's re-sent result is committed again (apply acknowledges it).
+        let ops = Engine::new().decide(&w.state, &view(30, &[("a", 1)]));
+        for op in ops {
+            w.apply(30, op);
+        }
+        let id = *w.state.active_attempts.keys().next().unwrap();
+        w.apply(40, Op::AttemptLost { attempt_id: id, reason: "test".into() });
+        assert_eq!(route_result(&w.state, "a", id), ResultRoute::Propose);
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{Api, ApiError, now_ms};
-use crate::engine::{holds, reconcile, to_stop};
+use crate::engine::{ResultRoute, holds, reconcile, route_result, to_stop};
 use crate::raft::Role;
 use crate::store::OutputChunk;
 
@@ -151,23 +151,22 @@ impl Api {
             }
         }
         for r in register.unacked_results {
-            if self.node.read(|s| !s.knows_attempt(r.attempt_id)) {
-                // Taken back (no run has it): acknowledge so the worker forgets it.
-                let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
-                let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
-                continue;
-            }
-            if !self.may_report(&worker, r.attempt_id) {
-                tracing::warn!(
-                    worker,
-                    attempt = r.attempt_id,
-                    "ignoring a result for an attempt assigned to another worker"
-                );
-                continue;
-            }
-            match result_op(r) {
-                Ok(op) => self.propose_report(op).await,
-                Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
+            match self.node.read(|s| route_result(s, &worker, r.attempt_id)) {
+                ResultRoute::Ack => {
+                    let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
+                    let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
+                }
+                ResultRoute::Ignore => {
+                    tracing::warn!(
+                        worker,
+                        attempt = r.attempt_id,
+                        "ignoring a result for an attempt assigned to another worker"
+                    );
+                }
+                ResultRoute::Propose => match result_op(r) {
+                    Ok(op) => self.propose_report(op).await,
+                    Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
+                },
             }
         }
         // A worker that sends nothing (not even a heartbeat) for this long is gone.
@@ -223,30 +222,33 @@ impl Api {
                     );
                 }
                 pb::worker_message::Msg::Output(o) => self.store_output(&worker, o),
-                pb::worker_message::Msg::Result(r) if !self.may_report(&worker, r.attempt_id) => {
-                    tracing::warn!(
-                        worker,
-                        attempt = r.attempt_id,
-                        "ignoring a result for an attempt assigned to another worker"
-                    );
-                }
-                pb::worker_message::Msg::Result(r) if self.node.read(|s| !s.knows_attempt(r.attempt_id)) => {
-                    // An attempt no run has (taken back): nothing to record; acknowledge so the
-                    // worker stops sending it.
-                    let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
-                    let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
-                }
                 pb::worker_message::Msg::Result(r) => {
-                    // Output sent before the result must be durable before the result commits.
-                    if let Err(e) = self.store.flush_outputs() {
-                        tracing::error!("flushing output: {e}");
-                    }
-                    match result_op(r) {
-                        Ok(op) => {
-                            let api = self.clone();
-                            tokio::spawn(async move { api.propose_report(op).await });
+                    match self.node.read(|s| route_result(s, &worker, r.attempt_id)) {
+                        ResultRoute::Ignore => {
+                            tracing::warn!(
+                                worker,
+                                attempt = r.attempt_id,
+                                "ignoring a result for an attempt assigned to another worker"
+                            );
                         }
-                        Err(e) => tracing::warn!(worker, "bad result: {e}"),
+                        ResultRoute::Ack => {
+                            // A taken-back attempt: nothing to record; the worker stops sending it.
+                            let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
+                            let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
+                        }
+                        ResultRoute::Propose => {
+                            // Output sent before the result must be durable before the result commits.
+                            if let Err(e) = self.store.flush_outputs() {
+                                tracing::error!("flushing output: {e}");
+                            }
+                            match result_op(r) {
+                                Ok(op) => {
+                                    let api = self.clone();
+                                    tokio::spawn(async move { api.propose_report(op).await });
+                                }
+                                Err(e) => tracing::warn!(worker, "bad result: {e}"),
+                            }
+                        }
                     }
                 }
             }
@@ -258,12 +260,6 @@ impl Api {
     /// The attempt is active and assigned to `worker`.
     fn holds(&self, worker: &str, attempt_id: u64) -> bool {
         self.node.read(|s| holds(s, worker, attempt_id))
-    }
-
-    /// A result from `worker` may be committed: the attempt is its own, or already resolved
-    /// (a re-sent result, which apply ignores and acknowledges again).
-    fn may_report(&self, worker: &str, attempt_id: u64) -> bool {
-        self.holds(worker, attempt_id) || self.node.read(|s| !s.active_attempts.contains_key(&attempt_id))
     }
 
     fn store_output(&self, worker: &str, o: pb::OutputChunk) {

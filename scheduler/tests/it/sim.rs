@@ -49,7 +49,7 @@ use std::time::Instant;
 use baton_core::command::{Command, Op};
 use baton_core::run::{AttemptState, RunState, StepState, Trigger};
 use baton_core::{Runbook, Schedule};
-use baton_scheduler::engine::{Engine, View, WorkerSlot, holds, reconcile, to_stop};
+use baton_scheduler::engine::{Engine, ResultRoute, View, WorkerSlot, holds, reconcile, route_result, to_stop};
 use baton_scheduler::fsm::{Assignment, Effect, Reply, State};
 use baton_scheduler::store::{MemStore, Persist, RaftStorage, Store};
 use raft::StateRole;
@@ -1478,18 +1478,23 @@ impl Sim {
     /// `propose_report` through the worker's session node, which keeps only reports about
     /// attempts the worker holds (or that are already resolved, for results).
     fn report(&mut self, w: usize, op: Op) {
-        let Some((n, _)) = self.workers[w].session else { return };
+        let Some((n, no)) = self.workers[w].session else { return };
         let Some(live) = self.nodes[n].live.as_ref() else { return };
         let worker = &self.workers[w].id;
-        let allowed = match &op {
-            Op::AttemptStarted { attempt_id } => holds(&live.state, worker, *attempt_id),
-            Op::AttemptFinished { attempt_id, .. } => {
-                holds(&live.state, worker, *attempt_id) || !live.state.active_attempts.contains_key(attempt_id)
-            }
-            _ => true,
+        let route = match &op {
+            Op::AttemptStarted { attempt_id } if holds(&live.state, worker, *attempt_id) => ResultRoute::Propose,
+            Op::AttemptStarted { .. } => ResultRoute::Ignore,
+            Op::AttemptFinished { attempt_id, .. } => route_result(&live.state, worker, *attempt_id),
+            _ => ResultRoute::Propose,
         };
-        if allowed {
-            self.call(n, op, Caller::Worker);
+        match route {
+            ResultRoute::Propose => self.call(n, op, Caller::Worker),
+            ResultRoute::Ack => {
+                if let Op::AttemptFinished { attempt_id, .. } = op {
+                    self.workers[w].inbox.push((n, no, ToWorker::Ack(attempt_id)));
+                }
+            }
+            ResultRoute::Ignore => {}
         }
     }
 
@@ -1581,15 +1586,21 @@ impl Sim {
         let lost = reconcile(&live.state, &worker.id, worker.boot, &running, &reported);
         self.stats.taken_back += lost.iter().filter(|op| matches!(op, Op::AttemptUndelivered { .. })).count() as u64;
         let stop = to_stop(&live.state, &worker.id, &running);
-        let results: Vec<Op> = worker
-            .unacked
-            .iter()
-            .filter(|(id, _)| holds(&live.state, &worker.id, **id) || !live.state.active_attempts.contains_key(id))
-            .map(|(_, (op, _))| op.clone())
-            .collect();
+        let mut results = Vec::new();
+        let mut acks = Vec::new();
+        for (id, (op, _)) in &worker.unacked {
+            match route_result(&live.state, &worker.id, *id) {
+                ResultRoute::Propose => results.push(op.clone()),
+                ResultRoute::Ack => acks.push(*id),
+                ResultRoute::Ignore => {}
+            }
+        }
         worker.session = Some((n, no));
         for id in stop {
             worker.inbox.push((n, no, ToWorker::Cancel(id)));
+        }
+        for id in acks {
+            worker.inbox.push((n, no, ToWorker::Ack(id)));
         }
         let tick = self.tick;
         for (_, sent) in worker.unacked.values_mut() {
