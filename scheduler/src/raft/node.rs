@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use baton_core::command::Command;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
@@ -412,9 +414,10 @@ impl Loop {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
+            let mut proposals = Vec::new();
             for msg in first.into_iter().chain(rx.try_iter()) {
                 match msg {
-                    Msg::Propose { data, reply } => self.propose(data, reply),
+                    Msg::Propose { data, reply } => proposals.push((data, reply)),
                     Msg::Raft(m) => {
                         if let Err(e) = self.raw.step(*m) {
                             tracing::debug!("ignoring a raft message: {e}");
@@ -431,11 +434,18 @@ impl Loop {
                         self.reads.insert(id, reply);
                         self.raw.read_index(id.to_be_bytes().to_vec());
                     }
-                    Msg::ConfChange { cc, reply } => self.propose_conf_change(cc, reply),
-                    Msg::TransferLeader(id) => self.raw.transfer_leader(id),
+                    Msg::ConfChange { cc, reply } => {
+                        self.propose_all(&mut proposals);
+                        self.propose_conf_change(cc, reply);
+                    }
+                    Msg::TransferLeader(id) => {
+                        self.propose_all(&mut proposals);
+                        self.raw.transfer_leader(id);
+                    }
                     Msg::Stop => return Ok(()),
                 }
             }
+            self.propose_all(&mut proposals);
             // 2. Drive Raft's logical clock.
             if last_tick.elapsed() >= self.config.tick {
                 self.raw.tick();
@@ -448,20 +458,36 @@ impl Loop {
         }
     }
 
-    fn propose(&mut self, data: Vec<u8>, reply: ReplyTx) {
-        if self.raw.raft.state != StateRole::Leader {
-            let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: self.raw.raft.leader_id }));
+    /// Proposes the queued commands as one Raft message: their entries are appended together
+    /// and reach each follower in one append, where one proposal each would cost an append
+    /// message (and an in-flight slot, of 256) per command per follower.
+    fn propose_all(&mut self, queued: &mut Vec<(Vec<u8>, ReplyTx)>) {
+        if queued.is_empty() {
             return;
         }
-        let id = self.next_proposal;
-        self.next_proposal += 1;
-        let ctx = self.context(id);
-        match self.raw.propose(ctx, data) {
-            Ok(()) => {
-                self.pending.insert(id, reply);
+        if self.raw.raft.state != StateRole::Leader {
+            for (_, reply) in queued.drain(..) {
+                let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: self.raw.raft.leader_id }));
             }
+            return;
+        }
+        let mut replies = Vec::with_capacity(queued.len());
+        let mut entries = Vec::with_capacity(queued.len());
+        for (data, reply) in queued.drain(..) {
+            let id = self.next_proposal;
+            self.next_proposal += 1;
+            entries.push(Entry { data: data.into(), context: self.context(id).into(), ..Default::default() });
+            replies.push((id, reply));
+        }
+        let mut m = Message { from: self.raw.raft.id, ..Default::default() };
+        m.set_msg_type(MessageType::MsgPropose);
+        m.set_entries(entries.into());
+        match self.raw.raft.step(m) {
+            Ok(()) => self.pending.extend(replies),
             Err(e) => {
-                let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(ProposeError::Dropped(e.to_string())));
+                }
             }
         }
     }
