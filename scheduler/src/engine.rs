@@ -21,6 +21,11 @@ use crate::fsm::{GUARD_GATE_END, MAX_MISSED_COUNT, State, current_steps};
 /// How long a proposal is remembered before the engine may propose it again.
 const INFLIGHT_TTL_MS: i64 = 5_000;
 
+/// The in-flight key of a schedule's tick.
+fn tick_key(schedule: &str, tick_ms: i64) -> String {
+    format!("tick:{schedule}:{tick_ms}")
+}
+
 /// A connected worker, as the leader sees it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkerSlot {
@@ -101,9 +106,14 @@ impl Engine {
         ops
     }
 
-    /// The earliest replicated tick, so the caller can sleep until it.
-    pub fn next_due_ms(state: &State) -> Option<i64> {
-        state.schedules.values().filter_map(|s| s.next_fire_at_ms).min()
+    /// When the earliest tick not yet proposed is due, so the caller can sleep until then. A
+    /// tick already proposed waits for its commit (which wakes the engine), not for time.
+    pub fn next_due_ms(&self, state: &State) -> Option<i64> {
+        let proposed = |name: &String| {
+            let tick = state.schedules.get(name).and_then(|s| s.next_fire_at_ms);
+            tick.is_some_and(|t| self.inflight.contains_key(&tick_key(name, t)))
+        };
+        state.fire_order.iter().find(|(_, name)| !proposed(name)).map(|(due, _)| *due)
     }
 
     fn claim(&mut self, key: String, now: i64) -> bool {
@@ -115,14 +125,13 @@ impl Engine {
     }
 
     fn fire_schedules(&mut self, state: &State, view: &View, ops: &mut Vec<Op>) {
-        for (name, s) in &state.schedules {
+        // Only the due schedules, from the front of the index (unpaused, by due time).
+        for (_, name) in state.fire_order.iter().take_while(|(due, _)| *due <= view.now_ms) {
+            let Some(s) = state.schedules.get(name) else { continue };
             let Some(tick) = s.next_fire_at_ms else { continue };
             let schedule = &s.schedule;
             let due = |t: i64| t.saturating_add(schedule.jitter_ms_for(t));
-            if s.paused || due(tick) > view.now_ms {
-                continue;
-            }
-            if !self.claim(format!("tick:{name}:{tick}"), view.now_ms) {
+            if !self.claim(tick_key(name, tick), view.now_ms) {
                 continue;
             }
             if due(tick) >= view.leader_since_ms {
@@ -872,7 +881,7 @@ steps:
         assert!(e.decide(&w.state, &v).is_empty(), "5 s is not due yet");
         v.now_ms = 5_001;
         assert_eq!(e.decide(&w.state, &v), vec![Op::Fire { schedule: "s".into(), tick_ms: 5_000 }]);
-        assert_eq!(Engine::next_due_ms(&w.state), Some(5_000));
+        assert_eq!(Engine::new().next_due_ms(&w.state), Some(5_000));
     }
 
     #[test]

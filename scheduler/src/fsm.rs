@@ -54,6 +54,10 @@ pub struct State {
     /// See `active_order`.
     #[serde(skip)]
     pub queued_plain: BTreeSet<(i64, String)>,
+    /// Unpaused schedules with a next tick, by (due time: the tick plus its jitter, name), so
+    /// the engine reads only the due ones from the front. Derived like `active_order`.
+    #[serde(skip)]
+    pub fire_order: BTreeSet<(i64, String)>,
     /// Idempotency key -> run id.
     pub idempotency: BTreeMap<String, String>,
     /// Attempts that are assigned or running -> (run id, step index).
@@ -213,7 +217,15 @@ impl State {
         for id in state.active_runs.clone() {
             state.reindex(&id);
         }
+        state.fire_order = state.schedules.keys().filter_map(|name| state.fire_key(name)).collect();
         Ok(state)
+    }
+
+    /// Schedule `name`'s key in `fire_order`, if it belongs there.
+    fn fire_key(&self, name: &str) -> Option<(i64, String)> {
+        let s = self.schedules.get(name).filter(|s| !s.paused)?;
+        let tick = s.next_fire_at_ms?;
+        Some((tick.saturating_add(s.schedule.jitter_ms_for(tick)), name.to_string()))
     }
 
     /// Puts a run on the engine's work list.
@@ -262,11 +274,27 @@ impl State {
 
     /// Applies one committed command at (`index`, `term`).
     pub fn apply(&mut self, index: u64, term: u64, cmd: Command) -> (Reply, Vec<Effect>) {
+        // The commands that change a schedule's firing position or pause it.
+        let schedule = match &cmd.op {
+            Op::ApplySchedule { schedule } => Some(schedule.name.clone()),
+            Op::Fire { schedule, .. } | Op::RecordMissed { schedule, .. } | Op::PauseSchedule { schedule, .. } => {
+                Some(schedule.clone())
+            }
+            _ => None,
+        };
+        let filed = schedule.as_deref().and_then(|name| self.fire_key(name));
         let (reply, fx) = self.apply_op(index, term, cmd);
         // Every change to a run says so (`RunChanged`): refile those runs in the index.
         for e in &fx {
             if let Effect::RunChanged(id) = e {
                 self.reindex(id);
+            }
+        }
+        if let Some(name) = schedule {
+            let key = self.fire_key(&name);
+            if key != filed {
+                filed.map(|k| self.fire_order.remove(&k));
+                key.map(|k| self.fire_order.insert(k));
             }
         }
         (reply, fx)

@@ -307,7 +307,7 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
             }
         }
         let mut wait = Duration::from_millis(200);
-        if let Some(due) = node.read(Engine::next_due_ms) {
+        if let Some(due) = node.read(|s| engine.next_due_ms(s)) {
             let until = (due - now_ms()).max(0) as u64;
             wait = wait.min(Duration::from_millis(until));
         }

@@ -1817,10 +1817,13 @@ impl Sim {
             return;
         }
         let state = self.nodes[0].live.as_ref().expect("converged").state.clone();
-        // The engine's derived index, kept up to date by apply, is what a fresh build says.
+        // The engine's derived indexes, kept up to date by apply, are what a fresh build says.
         let fresh = State::from_json(&serde_json::to_vec(&state).expect("state encodes")).expect("state decodes");
         if (&fresh.active_order, &fresh.queued_plain) != (&state.active_order, &state.queued_plain) {
             self.check.anomaly("the engine's index of active runs drifted from the runs".to_string());
+        }
+        if fresh.fire_order != state.fire_order {
+            self.check.anomaly("the engine's index of schedules drifted from the schedules".to_string());
         }
         for node in &self.nodes[1..] {
             let other = &node.live.as_ref().expect("converged").state;

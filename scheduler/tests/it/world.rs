@@ -41,10 +41,11 @@ impl World {
     pub fn apply(&mut self, op: Op) -> (Reply, Vec<Effect>) {
         self.index += 1;
         let out = self.state.apply(self.index, 1, Command { at_ms: self.now, op });
-        // The engine's ordered index is what a fresh build of it says, after every command.
+        // The engine's ordered indexes are what a fresh build of them says, after every command.
         let fresh = State::from_json(&serde_json::to_vec(&self.state).unwrap()).unwrap();
         assert_eq!(self.state.active_order, fresh.active_order, "the active run index drifted");
         assert_eq!(self.state.queued_plain, fresh.queued_plain, "the plain queue drifted");
+        assert_eq!(self.state.fire_order, fresh.fire_order, "the schedule index drifted");
         out
     }
 
