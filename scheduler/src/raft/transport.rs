@@ -29,6 +29,9 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 const QUEUE: usize = 4096;
 /// Messages per frame at most.
 const BATCH: usize = 256;
+/// A connection attempt, or a frame the stream does not take, after this long counts as a
+/// broken link: the sender reconnects (and Raft resends what still matters).
+const STALL: Duration = Duration::from_secs(5);
 
 /// The loop's side: one queue per peer.
 pub struct PeerTransport {
@@ -143,7 +146,7 @@ async fn peer_sender(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<Me
     let mut backoff = Duration::from_millis(50);
     let mut logged = false;
     loop {
-        let connected = async {
+        let connect = async {
             let channel = Endpoint::from_shared(endpoint(&addr))?
                 .connect_timeout(Duration::from_secs(1))
                 .http2_keep_alive_interval(Duration::from_secs(1))
@@ -152,8 +155,13 @@ async fn peer_sender(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<Me
                 .connect()
                 .await?;
             Ok::<_, anyhow::Error>(PeerServiceClient::new(channel).max_encoding_message_size(MAX_FRAME_BYTES))
-        }
-        .await;
+        };
+        // The whole connection, handshake included, is bounded: a peer behind a link that
+        // accepts but never answers must not hold this task (and every message for it).
+        let connected = match tokio::time::timeout(STALL, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("no answer within {STALL:?}")),
+        };
         let mut client = match connected {
             Ok(c) => {
                 if logged {
@@ -233,7 +241,7 @@ async fn send_batch(
         if bytes.len() > CHUNK_BYTES {
             if !small.is_empty() {
                 let frame = pb::PeerFrame { from, messages: std::mem::take(&mut small), chunk: None };
-                if frames.send(frame).await.is_err() {
+                if !send_frame(frames, frame).await {
                     return false;
                 }
                 small_bytes = 0;
@@ -242,7 +250,7 @@ async fn send_batch(
             let n = parts.len();
             for (i, part) in parts.into_iter().enumerate() {
                 let chunk = pb::MessageChunk { data: part.to_vec(), last: i + 1 == n };
-                if frames.send(pb::PeerFrame { from, messages: Vec::new(), chunk: Some(chunk) }).await.is_err() {
+                if !send_frame(frames, pb::PeerFrame { from, messages: Vec::new(), chunk: Some(chunk) }).await {
                     if is_snapshot {
                         node.report_snapshot(to, false);
                     }
@@ -256,7 +264,7 @@ async fn send_batch(
         }
         if small_bytes + bytes.len() > CHUNK_BYTES && !small.is_empty() {
             let frame = pb::PeerFrame { from, messages: std::mem::take(&mut small), chunk: None };
-            if frames.send(frame).await.is_err() {
+            if !send_frame(frames, frame).await {
                 return false;
             }
             small_bytes = 0;
@@ -270,7 +278,13 @@ async fn send_batch(
     if small.is_empty() {
         return true;
     }
-    frames.send(pb::PeerFrame { from, messages: small, chunk: None }).await.is_ok()
+    send_frame(frames, pb::PeerFrame { from, messages: small, chunk: None }).await
+}
+
+/// Hands a frame to the stream; false if the stream is gone or has not taken a frame for
+/// [`STALL`] (a peer that stopped reading, a link that holds every byte).
+async fn send_frame(frames: &mpsc::Sender<pb::PeerFrame>, frame: pb::PeerFrame) -> bool {
+    matches!(tokio::time::timeout(STALL, frames.send(frame)).await, Ok(Ok(())))
 }
 
 /// Decodes one peer's frames into Raft messages, reassembling chunked ones. Refuses (with an
