@@ -54,6 +54,10 @@ pub struct State {
     /// See `active_order`.
     #[serde(skip)]
     pub queued_plain: BTreeSet<(i64, String)>,
+    /// Active runs of each schedule (ticks, manual runs, backfills) by (creation time, id):
+    /// a tick's overlap policy reads them. Derived like `active_order`.
+    #[serde(skip)]
+    pub active_by_schedule: BTreeMap<String, BTreeSet<(i64, String)>>,
     /// Unpaused schedules with a next tick, by (due time: the tick plus its jitter, name), so
     /// the engine reads only the due ones from the front. Derived like `active_order`.
     #[serde(skip)]
@@ -242,11 +246,23 @@ impl State {
         }
     }
 
-    /// Files run `run_id` in the right part of the engine's ordered index (or none).
+    /// Files run `run_id` in the right part of the engine's ordered index (or none), and
+    /// among its schedule's active runs.
     fn reindex(&mut self, run_id: &str) {
         let Some(run) = self.runs.get(run_id) else { return };
         let key = (run.created_at_ms, run_id.to_string());
-        let (add, remove) = if !self.active_runs.contains(run_id) {
+        let active = self.active_runs.contains(run_id);
+        if let Some(name) = run.trigger.schedule() {
+            if active {
+                self.active_by_schedule.entry(name.to_string()).or_default().insert(key.clone());
+            } else if let Some(runs) = self.active_by_schedule.get_mut(name) {
+                runs.remove(&key);
+                if runs.is_empty() {
+                    self.active_by_schedule.remove(name);
+                }
+            }
+        }
+        let (add, remove) = if !active {
             self.active_order.remove(&key);
             self.queued_plain.remove(&key);
             return;
@@ -293,8 +309,12 @@ impl State {
         if let Some(name) = schedule {
             let key = self.fire_key(&name);
             if key != filed {
-                filed.map(|k| self.fire_order.remove(&k));
-                key.map(|k| self.fire_order.insert(k));
+                if let Some(old) = filed {
+                    self.fire_order.remove(&old);
+                }
+                if let Some(new) = key {
+                    self.fire_order.insert(new);
+                }
             }
         }
         (reply, fx)
@@ -649,15 +669,7 @@ impl State {
 
     /// Active runs of a schedule (ticks, manual runs and backfills), oldest first.
     pub fn active_runs_of(&self, name: &str) -> Vec<String> {
-        let mut runs: Vec<(i64, &String)> = self
-            .active_runs
-            .iter()
-            .filter_map(|id| self.runs.get(id).map(|r| (r, id)))
-            .filter(|(r, _)| r.trigger.schedule() == Some(name))
-            .map(|(r, id)| (r.created_at_ms, id))
-            .collect();
-        runs.sort();
-        runs.into_iter().map(|(_, id)| id.clone()).collect()
+        self.active_by_schedule.get(name).map_or_else(Vec::new, |runs| runs.iter().map(|(_, id)| id.clone()).collect())
     }
 
     /// Creates a run of a schedule (its overlap policy already allows it): runs it supersedes

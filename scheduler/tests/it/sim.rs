@@ -1822,7 +1822,7 @@ impl Sim {
         if (&fresh.active_order, &fresh.queued_plain) != (&state.active_order, &state.queued_plain) {
             self.check.anomaly("the engine's index of active runs drifted from the runs".to_string());
         }
-        if fresh.fire_order != state.fire_order {
+        if (&fresh.fire_order, &fresh.active_by_schedule) != (&state.fire_order, &state.active_by_schedule) {
             self.check.anomaly("the engine's index of schedules drifted from the schedules".to_string());
         }
         for node in &self.nodes[1..] {

@@ -46,6 +46,7 @@ impl World {
         assert_eq!(self.state.active_order, fresh.active_order, "the active run index drifted");
         assert_eq!(self.state.queued_plain, fresh.queued_plain, "the plain queue drifted");
         assert_eq!(self.state.fire_order, fresh.fire_order, "the schedule index drifted");
+        assert_eq!(self.state.active_by_schedule, fresh.active_by_schedule, "the runs-by-schedule index drifted");
         out
     }
 
