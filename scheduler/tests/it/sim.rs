@@ -12,7 +12,9 @@
 //! - a nemesis: isolate the leader, split minority/majority, cut the leader's links one way,
 //!   crash nodes (restarted from their store exactly like `start_node`: state from the
 //!   snapshot, `Config.applied` = snapshot index, committed entries re-applied, their
-//!   assignments never re-sent), crash or isolate workers, then heal;
+//!   assignments never re-sent), crash the leader just after it sends an assignment (losing
+//!   what it had not sent to its peers yet), stall a node's Ready loop for a few ticks (a slow
+//!   disk: Raft still steps messages), crash or isolate workers, then heal;
 //! - clients that start runs with idempotency keys through any node and retry; a schedule
 //!   firing every second; workers that register with the leader (following leader hints),
 //!   reconcile, refuse attempt ids they have seen or fenced by an older term (as
@@ -279,6 +281,7 @@ stats!(
     refused_fence,
     attempts_lost,
     taken_back,
+    results_behind,
     lost_after_finishing,
     worker_ticks_off_leader,
     liveness_findings,
@@ -673,6 +676,10 @@ struct SimNode {
     skew_ms: i64,
     incarnation: u64,
     live: Option<Live>,
+    /// Its Ready loop handles nothing before this tick (a slow disk, a starved CPU): Raft
+    /// still steps messages, so it can become leader and take workers while its own entries
+    /// wait, and its state lags what the cluster committed.
+    stalled_until: i64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -810,6 +817,7 @@ struct NetCfg {
     duplicate: u64,
     slow: u64,
     tick_skip: u64,
+    stall: u64,
 }
 
 struct Sim {
@@ -828,6 +836,13 @@ struct Sim {
     net_cfg: NetCfg,
     cut: BTreeSet<(usize, usize)>,
     faults: Vec<Fault>,
+    /// Armed by the nemesis: crash the leader just after it sends its next assignment (its
+    /// followers may not know the commit yet, and the worker runs the step meanwhile).
+    crash_after_dispatch: bool,
+    /// The node to crash at the start of the next tick. Until then nothing it sends leaves,
+    /// and what it sent that is still in flight is lost: a process killed right after an
+    /// apply loses its peer queues, so its followers may never hear of that commit.
+    crash_next_tick: Option<usize>,
     workers: Vec<SimWorker>,
     clients: Vec<Client>,
     calls: BTreeMap<u64, Call>,
@@ -844,8 +859,13 @@ impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed ^ 0x5EED_BA70_0000_0000);
         let n = if rng.chance(500) { 5 } else { 3 };
-        let net_cfg =
-            NetCfg { drop: rng.below(80), duplicate: rng.below(50), slow: rng.below(100), tick_skip: rng.below(60) };
+        let net_cfg = NetCfg {
+            drop: rng.below(80),
+            duplicate: rng.below(50),
+            slow: rng.below(100),
+            tick_skip: rng.below(60),
+            stall: rng.below(15),
+        };
         let nodes = (1..=n as u64)
             .map(|id| SimNode {
                 id,
@@ -853,6 +873,7 @@ impl Sim {
                 skew_ms: rng.range(-150, 151),
                 incarnation: 0,
                 live: None,
+                stalled_until: 0,
             })
             .collect();
         let workers =
@@ -880,6 +901,8 @@ impl Sim {
             net_cfg,
             cut: BTreeSet::new(),
             faults: Vec::new(),
+            crash_after_dispatch: false,
+            crash_next_tick: None,
             workers,
             clients,
             calls: BTreeMap::new(),
@@ -977,6 +1000,9 @@ impl Sim {
         self.nemesis();
         for n in 0..self.nodes.len() {
             let skip = self.rng.chance(self.net_cfg.tick_skip);
+            if self.rng.chance(self.net_cfg.stall) {
+                self.nodes[n].stalled_until = self.tick + self.rng.range(2, 12);
+            }
             if let Some(live) = self.nodes[n].live.as_mut() {
                 if !skip {
                     live.raw.tick();
@@ -1026,6 +1052,9 @@ impl Sim {
 
     /// Handles everything node `n` has ready, and routes what it produced.
     fn drive(&mut self, n: usize) {
+        if self.nodes[n].stalled_until > self.tick {
+            return;
+        }
         loop {
             let mut out = Out::default();
             {
@@ -1117,6 +1146,10 @@ impl Sim {
         }
         if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
             w.inbox.push((n, no, msg));
+            if committed_at.is_some() && std::mem::take(&mut self.crash_after_dispatch) {
+                self.crash_next_tick = Some(n);
+                self.net.retain(|_, e| e.from != n);
+            }
         }
     }
 
@@ -1131,7 +1164,8 @@ impl Sim {
             let to = msg.to as usize - 1;
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
             self.stats.snapshots_sent += u64::from(is_snapshot);
-            let reachable = self.nodes[to].live.is_some() && !self.cut.contains(&(from, to));
+            let reachable =
+                self.nodes[to].live.is_some() && !self.cut.contains(&(from, to)) && self.crash_next_tick != Some(from);
             if !reachable {
                 self.stats.msgs_dropped += 1;
                 if let Some(live) = self.nodes[from].live.as_mut() {
@@ -1186,6 +1220,14 @@ impl Sim {
 
     fn nemesis(&mut self) {
         let tick = self.tick;
+        if let Some(n) = self.crash_next_tick.take()
+            && self.nodes[n].live.as_ref().is_some_and(Live::is_leader)
+        {
+            self.crash_node(n);
+            let until = tick + self.rng.range(10, 80);
+            self.trace(|| format!("fault until t{until}: crash node {} just after it sent an assignment", n + 1));
+            self.faults.push(Fault { kind: FaultKind::NodeDown(n), until });
+        }
         let (expired, active): (Vec<Fault>, Vec<Fault>) =
             std::mem::take(&mut self.faults).into_iter().partition(|f| f.until <= tick);
         self.faults = active;
@@ -1235,8 +1277,13 @@ impl Sim {
                     (0..n).filter(|&o| o != leader).map(|o| if outbound { (leader, o) } else { (o, leader) }).collect(),
                 )
             }
+            // Crash the leader just after it sends an assignment.
+            55..62 => {
+                self.crash_after_dispatch = true;
+                return;
+            }
             // Crash a node (the leader half of the time), at most a bare majority down.
-            55..80 => {
+            62..80 => {
                 let down = self.nodes.iter().filter(|x| x.live.is_none()).count();
                 let target = if self.rng.chance(500) { leader } else { self.rng.index(n) };
                 if down > n / 2 || self.nodes[target].live.is_none() {
@@ -1589,6 +1636,8 @@ impl Sim {
         let mut results = Vec::new();
         let mut acks = Vec::new();
         for (id, (op, _)) in &worker.unacked {
+            // A result for an attempt whose assignment this node has not applied yet.
+            self.stats.results_behind += u64::from(*id > live.state.applied_index);
             match route_result(&live.state, &worker.id, *id) {
                 ResultRoute::Propose => results.push(op.clone()),
                 ResultRoute::Ack => acks.push(*id),
