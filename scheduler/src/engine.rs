@@ -647,14 +647,14 @@ pub enum ResultRoute {
 
 /// Routes a result for `attempt_id` reported by `worker`. A result is acknowledged without a
 /// commit only when this node has applied the attempt's `Assign` (an attempt id is the index
-/// of that entry) and holds no such attempt: it was taken back. A node that has not applied
-/// that far (a new leader catching up) must not decide so: the worker would forget a result
-/// of an attempt it ran, and a later registration without it would take it back and run the
-/// step again.
+/// of that entry) and the attempt is not active: it was resolved (a re-sent result, which
+/// apply would ignore) or taken back. A node that has not applied that far (a new leader
+/// catching up) must not decide so: the worker would forget a result of an attempt it ran,
+/// and a later registration without it would take it back and run the step again.
 pub fn route_result(state: &State, worker: &str, attempt_id: u64) -> ResultRoute {
-    if attempt_id <= state.applied_index && !state.knows_attempt(attempt_id) {
-        ResultRoute::Ack
-    } else if holds(state, worker, attempt_id) || !state.active_attempts.contains_key(&attempt_id) {
+    if !state.active_attempts.contains_key(&attempt_id) {
+        if attempt_id <= state.applied_index { ResultRoute::Ack } else { ResultRoute::Propose }
+    } else if holds(state, worker, attempt_id) {
         ResultRoute::Propose
     } else {
         ResultRoute::Ignore
@@ -968,18 +968,20 @@ steps:
         // A new leader that has not applied the assignment yet knows no such attempt. It must
         // not acknowledge the result (the worker would forget an attempt it ran): it commits
         // it, and apply sees the assignment first.
-        assert!(!behind.knows_attempt(id) && behind.applied_index < id);
+        assert!(!behind.active_attempts.contains_key(&id) && behind.applied_index < id);
         assert_eq!(route_result(&behind, "a", id), ResultRoute::Propose);
         // Taken back: nothing to record, so it is acknowledged at once.
         w.apply(20, Op::AttemptUndelivered { attempt_id: id, reason: "test".into() });
         assert_eq!(route_result(&w.state, "a", id), ResultRoute::Ack);
-        // A resolved attempt's re-sent result is committed again (apply acknowledges it).
+        // A resolved attempt's re-sent result changes nothing either: acknowledged at once, to
+        // whichever worker sends it (it would resend forever otherwise).
         let ops = Engine::new().decide(&w.state, &view(30, &[("a", 1)]));
         for op in ops {
             w.apply(30, op);
         }
         let id = *w.state.active_attempts.keys().next().unwrap();
         w.apply(40, Op::AttemptLost { attempt_id: id, reason: "test".into() });
-        assert_eq!(route_result(&w.state, "a", id), ResultRoute::Propose);
+        assert_eq!(route_result(&w.state, "a", id), ResultRoute::Ack);
+        assert_eq!(route_result(&w.state, "b", id), ResultRoute::Ack);
     }
 }

@@ -1903,11 +1903,6 @@ impl State {
         Reply::Done
     }
 
-    /// Whether any run has (or had) attempt `attempt_id`.
-    pub fn knows_attempt(&self, attempt_id: u64) -> bool {
-        self.active_attempts.contains_key(&attempt_id) || self.worker_of(attempt_id).is_some()
-    }
-
     fn worker_of(&self, attempt_id: u64) -> Option<String> {
         // Resolved attempts are rare to look up (re-sent results only), so a scan is fine.
         self.runs

@@ -307,21 +307,19 @@ async fn drive_engine(node: NodeHandle, workers: Arc<Workers>, grace: Duration, 
             }
         }
         let mut wait = Duration::from_millis(200);
-        if let Some(due) = node.read(|s| engine.next_due_ms(s)) {
+        // Only the leader fires ticks: a follower waking for an overdue one would spin.
+        if status.role == Role::Leader
+            && let Some(due) = node.read(|s| engine.next_due_ms(s))
+        {
             let until = (due - now_ms()).max(0) as u64;
             wait = wait.min(Duration::from_millis(until));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             // One decision covers every batch applied meanwhile (the watch keeps only the
-            // latest index): under load, batches arrive faster than decisions are made.
-            changed = applied.changed() => {
-                if changed.is_err() {
-                    // The Raft loop stopped; nothing will be applied here again.
-                    shutdown.cancelled().await;
-                    return;
-                }
-            }
+            // latest index): under load, batches arrive faster than decisions are made. The
+            // node handle holds the sender, so this never fails.
+            _ = applied.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -232,7 +232,7 @@ impl Api {
                             );
                         }
                         ResultRoute::Ack => {
-                            // A taken-back attempt: nothing to record; the worker stops sending it.
+                            // Resolved or taken back: nothing to record; the worker stops sending it.
                             let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
                             let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
                         }

@@ -29,9 +29,14 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 const QUEUE: usize = 4096;
 /// Messages per frame at most.
 const BATCH: usize = 256;
-/// A connection attempt, or a frame the stream does not take, after this long counts as a
-/// broken link: the sender reconnects (and Raft resends what still matters).
-const STALL: Duration = Duration::from_secs(5);
+/// A connection attempt (handshake included) that has not answered after this long counts as
+/// a broken link.
+const CONNECT_STALL: Duration = Duration::from_secs(5);
+/// A frame the stream has not taken after this long counts as a broken link: the sender
+/// reconnects, and Raft resends what still matters. Generous, because the frame ahead of it
+/// may be a 1 MiB snapshot chunk on a slow link (30 s allows 35 KiB/s); a dead peer is found
+/// sooner by HTTP/2 keep-alive (3 s).
+const FRAME_STALL: Duration = Duration::from_secs(30);
 
 /// The loop's side: one queue per peer.
 pub struct PeerTransport {
@@ -158,9 +163,9 @@ async fn peer_sender(from: u64, to: u64, addr: String, mut rx: mpsc::Receiver<Me
         };
         // The whole connection, handshake included, is bounded: a peer behind a link that
         // accepts but never answers must not hold this task (and every message for it).
-        let connected = match tokio::time::timeout(STALL, connect).await {
+        let connected = match tokio::time::timeout(CONNECT_STALL, connect).await {
             Ok(r) => r,
-            Err(_) => Err(anyhow::anyhow!("no answer within {STALL:?}")),
+            Err(_) => Err(anyhow::anyhow!("no answer within {CONNECT_STALL:?}")),
         };
         let mut client = match connected {
             Ok(c) => {
@@ -282,9 +287,9 @@ async fn send_batch(
 }
 
 /// Hands a frame to the stream; false if the stream is gone or has not taken a frame for
-/// [`STALL`] (a peer that stopped reading, a link that holds every byte).
+/// [`FRAME_STALL`] (a peer that stopped reading, a link that holds every byte).
 async fn send_frame(frames: &mpsc::Sender<pb::PeerFrame>, frame: pb::PeerFrame) -> bool {
-    matches!(tokio::time::timeout(STALL, frames.send(frame)).await, Ok(Ok(())))
+    matches!(tokio::time::timeout(FRAME_STALL, frames.send(frame)).await, Ok(Ok(())))
 }
 
 /// Decodes one peer's frames into Raft messages, reassembling chunked ones. Refuses (with an
