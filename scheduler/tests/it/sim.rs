@@ -839,10 +839,11 @@ struct Sim {
     /// Armed by the nemesis: crash the leader just after it sends its next assignment (its
     /// followers may not know the commit yet, and the worker runs the step meanwhile).
     crash_after_dispatch: bool,
-    /// The node to crash at the start of the next tick. Until then nothing it sends leaves,
-    /// and what it sent that is still in flight is lost: a process killed right after an
-    /// apply loses its peer queues, so its followers may never hear of that commit.
-    crash_next_tick: Option<usize>,
+    /// The node to crash, and the tick to crash it at (once the worker has taken the
+    /// assignment). Until then nothing it sends leaves, and what it sent that is still in
+    /// flight is lost: a process killed right after an apply loses its peer queues, so its
+    /// followers may never hear of that commit.
+    crash_after: Option<(usize, i64)>,
     workers: Vec<SimWorker>,
     clients: Vec<Client>,
     calls: BTreeMap<u64, Call>,
@@ -902,7 +903,7 @@ impl Sim {
             cut: BTreeSet::new(),
             faults: Vec::new(),
             crash_after_dispatch: false,
-            crash_next_tick: None,
+            crash_after: None,
             workers,
             clients,
             calls: BTreeMap::new(),
@@ -1052,10 +1053,10 @@ impl Sim {
 
     /// Handles everything node `n` has ready, and routes what it produced.
     fn drive(&mut self, n: usize) {
-        if self.nodes[n].stalled_until > self.tick {
-            return;
-        }
         loop {
+            if self.nodes[n].stalled_until > self.tick {
+                return;
+            }
             let mut out = Out::default();
             {
                 let Some(live) = self.nodes[n].live.as_mut() else { return };
@@ -1082,6 +1083,11 @@ impl Sim {
         if out.became_leader {
             let term = self.nodes[n].live.as_ref().map_or(0, |l| l.raw.raft.term);
             self.trace(|| format!("node {} leads term {term}", n + 1));
+            // A new leader whose next Ready is slow (a slow disk at that moment): it leads, and
+            // takes workers, before it has applied what the previous term committed.
+            if self.rng.chance(self.net_cfg.stall * 20) {
+                self.nodes[n].stalled_until = self.tick + self.rng.range(1, 6);
+            }
         }
         self.send(n, out.msgs);
         let status = self.nodes[n].live.as_ref().map(|l| (l.is_leader(), l.raw.raft.term));
@@ -1147,7 +1153,7 @@ impl Sim {
         if let Some(w) = self.workers.iter_mut().find(|w| w.id == worker) {
             w.inbox.push((n, no, msg));
             if committed_at.is_some() && std::mem::take(&mut self.crash_after_dispatch) {
-                self.crash_next_tick = Some(n);
+                self.crash_after = Some((n, self.tick + 3));
                 self.net.retain(|_, e| e.from != n);
             }
         }
@@ -1164,8 +1170,9 @@ impl Sim {
             let to = msg.to as usize - 1;
             let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
             self.stats.snapshots_sent += u64::from(is_snapshot);
-            let reachable =
-                self.nodes[to].live.is_some() && !self.cut.contains(&(from, to)) && self.crash_next_tick != Some(from);
+            let reachable = self.nodes[to].live.is_some()
+                && !self.cut.contains(&(from, to))
+                && self.crash_after.is_none_or(|(c, _)| c != from);
             if !reachable {
                 self.stats.msgs_dropped += 1;
                 if let Some(live) = self.nodes[from].live.as_mut() {
@@ -1220,7 +1227,9 @@ impl Sim {
 
     fn nemesis(&mut self) {
         let tick = self.tick;
-        if let Some(n) = self.crash_next_tick.take()
+        if let Some((n, at)) = self.crash_after
+            && at <= tick
+            && self.crash_after.take().is_some()
             && self.nodes[n].live.as_ref().is_some_and(Live::is_leader)
         {
             self.crash_node(n);
