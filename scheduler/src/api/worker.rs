@@ -151,22 +151,8 @@ impl Api {
             }
         }
         for r in register.unacked_results {
-            match self.node.read(|s| route_result(s, &worker, r.attempt_id)) {
-                ResultRoute::Ack => {
-                    let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
-                    let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
-                }
-                ResultRoute::Ignore => {
-                    tracing::warn!(
-                        worker,
-                        attempt = r.attempt_id,
-                        "ignoring a result for an attempt assigned to another worker"
-                    );
-                }
-                ResultRoute::Propose => match result_op(r) {
-                    Ok(op) => self.propose_report(op).await,
-                    Err(e) => tracing::warn!(worker, "bad unacked result: {e}"),
-                },
+            if let Some(op) = self.take_result(&worker, r, &tx).await {
+                self.propose_report(op).await;
             }
         }
         // A worker that sends nothing (not even a heartbeat) for this long is gone.
@@ -223,38 +209,44 @@ impl Api {
                 }
                 pb::worker_message::Msg::Output(o) => self.store_output(&worker, o),
                 pb::worker_message::Msg::Result(r) => {
-                    match self.node.read(|s| route_result(s, &worker, r.attempt_id)) {
-                        ResultRoute::Ignore => {
-                            tracing::warn!(
-                                worker,
-                                attempt = r.attempt_id,
-                                "ignoring a result for an attempt assigned to another worker"
-                            );
+                    if let Some(op) = self.take_result(&worker, r, &tx).await {
+                        // Output sent before the result must be durable before the result commits.
+                        if let Err(e) = self.store.flush_outputs() {
+                            tracing::error!("flushing output: {e}");
                         }
-                        ResultRoute::Ack => {
-                            // Resolved or taken back: nothing to record; the worker stops sending it.
-                            let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: r.attempt_id });
-                            let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
-                        }
-                        ResultRoute::Propose => {
-                            // Output sent before the result must be durable before the result commits.
-                            if let Err(e) = self.store.flush_outputs() {
-                                tracing::error!("flushing output: {e}");
-                            }
-                            match result_op(r) {
-                                Ok(op) => {
-                                    let api = self.clone();
-                                    tokio::spawn(async move { api.propose_report(op).await });
-                                }
-                                Err(e) => tracing::warn!(worker, "bad result: {e}"),
-                            }
-                        }
+                        let api = self.clone();
+                        tokio::spawn(async move { api.propose_report(op).await });
                     }
                 }
             }
         }
         self.workers.unregister(&worker, no, now_ms());
         tracing::info!(worker, "worker disconnected");
+    }
+
+    /// Acts on a result `worker` reported, as [`crate::engine::route_result`] says:
+    /// acknowledges it at once, or ignores it, or returns the command that commits it.
+    async fn take_result(&self, worker: &str, r: pb::AttemptResult, tx: &crate::dispatch::SessionTx) -> Option<Op> {
+        let attempt_id = r.attempt_id;
+        match self.node.read(|s| route_result(s, worker, attempt_id)) {
+            ResultRoute::Ack => {
+                // Resolved or taken back: nothing to record; the worker stops sending it.
+                let ack = pb::server_message::Msg::Ack(pb::ResultAck { attempt_id });
+                let _ = tx.send(Ok(pb::ServerMessage { msg: Some(ack) })).await;
+                None
+            }
+            ResultRoute::Ignore => {
+                tracing::warn!(
+                    worker,
+                    attempt = attempt_id,
+                    "ignoring a result for an attempt assigned to another worker"
+                );
+                None
+            }
+            ResultRoute::Propose => {
+                result_op(r).map_err(|e| tracing::warn!(worker, attempt = attempt_id, "bad result: {e}")).ok()
+            }
+        }
     }
 
     /// The attempt is active and assigned to `worker`.

@@ -1229,13 +1229,14 @@ impl Sim {
         let tick = self.tick;
         if let Some((n, at)) = self.crash_after
             && at <= tick
-            && self.crash_after.take().is_some()
-            && self.nodes[n].live.as_ref().is_some_and(Live::is_leader)
         {
-            self.crash_node(n);
-            let until = tick + self.rng.range(10, 80);
-            self.trace(|| format!("fault until t{until}: crash node {} just after it sent an assignment", n + 1));
-            self.faults.push(Fault { kind: FaultKind::NodeDown(n), until });
+            self.crash_after = None;
+            if self.nodes[n].live.as_ref().is_some_and(Live::is_leader) {
+                self.crash_node(n);
+                let until = tick + self.rng.range(10, 80);
+                self.trace(|| format!("fault until t{until}: crash node {} just after it sent an assignment", n + 1));
+                self.faults.push(Fault { kind: FaultKind::NodeDown(n), until });
+            }
         }
         let (expired, active): (Vec<Fault>, Vec<Fault>) =
             std::mem::take(&mut self.faults).into_iter().partition(|f| f.until <= tick);
